@@ -1,0 +1,37 @@
+"""Shared test setup: headless Qt, the `gpu` marker's skip, and a free-port helper."""
+from __future__ import annotations
+
+import os
+import socket
+
+# Qt must be told before any Qt import: CI and our machines have no display.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Two cores: keep torch from oversubscribing them while pytest runs.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
