@@ -1,0 +1,468 @@
+"""Wire protocol v1: pure encode and decode functions for n2a's ZeroMQ messages.
+
+A message is a ZeroMQ multipart message ``[header, payload, (payload2, ...)]``:
+
+- ``header`` is a msgpack map. Always: ``v`` (1), ``type`` (``"start"``, ``"frame"``, ``"end"``),
+  ``series`` (str). Frames add ``seq`` (int >= 0, increasing), ``shape`` ([H, W]), ``dtype`` (numpy
+  name, one of :data:`ALLOWED_DTYPES`), ``t_acq_ns`` (int) and an optional ``meta`` map of
+  acquisition settings. Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
+  ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch`` and ``parts`` (the
+  names of the payload parts, e.g. ``["denoised", "raw"]``).
+- each payload is the raw little-endian C-order bytes of one (H, W) array, exactly
+  ``H * W * itemsize`` long. All parts share ``shape``; ``dtype`` is the first part's dtype and the
+  optional ``dtypes`` list gives one dtype per part when they differ (the denoised output is float32,
+  the raw frame keeps its detector dtype).
+
+No pickle anywhere: msgpack for the header, raw bytes for the arrays. This module is the single source
+of truth for the format; ``docs/protocol.md`` describes it for other languages.
+
+Buffers and zero copy: :func:`encode_frame` returns the arrays themselves (no copy) and
+:func:`send_message` hands payloads above :data:`COPY_THRESHOLD` bytes to ZeroMQ with ``copy=False``.
+ZeroMQ then keeps a reference to the array until the bytes are on the wire, so the rule is simply
+*never write into an array after sending it*: every n2a sender sends a fresh array per frame (the
+engine's output, a newly received raw frame, a newly simulated frame) and never mutates it afterwards.
+Callers that want to reuse a buffer pass ``track=True`` and wait on the returned
+:class:`zmq.MessageTracker` (``tracker.wait(timeout)``) before writing into it again.
+
+Examples
+--------
+>>> import numpy as np
+>>> parts = encode_frame(np.arange(6, dtype=np.uint16).reshape(2, 3), seq=0, series="s1",
+...                      t_acq_ns=123)
+>>> msg = decode([bytes(p) for p in parts])
+>>> msg.type, msg.series, msg.seq, msg.frame.tolist()
+('frame', 's1', 0, [[0, 1, 2], [3, 4, 5]])
+>>> decode([encode_end("s1")[0]]).type
+'end'
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "COPY_THRESHOLD",
+    "DEFAULT_INPUT_PART",
+    "MESSAGE_TYPES",
+    "OUTPUT_FIELDS",
+    "PROTOCOL_VERSION",
+    "Message",
+    "ProtocolError",
+    "decode",
+    "encode_end",
+    "encode_frame",
+    "encode_start",
+    "send_message",
+]
+
+PROTOCOL_VERSION = 1
+MESSAGE_TYPES = ("start", "frame", "end")
+ALLOWED_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32")
+#: Part name of a frame message that carries no ``parts`` list (what acquisition programs send).
+DEFAULT_INPUT_PART = "raw"
+#: Payloads at least this many bytes go to ZeroMQ without a copy (below it copying is cheaper).
+COPY_THRESHOLD = 64 * 1024
+#: A header larger than this is rejected before unpacking (a header is a few hundred bytes).
+MAX_HEADER_BYTES = 1 << 20
+
+MessageType = Literal["start", "frame", "end"]
+
+#: Output fields added by ``n2a-stream`` and the types each may have (checked when present).
+OUTPUT_FIELDS: dict[str, tuple[type, ...]] = {
+    "css": (float, int, type(None)),
+    "css_raw": (float, int, type(None)),
+    "css_mean": (float, int, type(None)),
+    "css_raw_mean": (float, int, type(None)),
+    "timing": (dict,),
+    "engine": (str, dict),
+    "model": (str,),
+    "dropped": (int,),
+    "gaps": (int,),
+    "meta_mismatch": (list,),
+}
+
+
+class ProtocolError(ValueError):
+    """A message does not follow protocol v1.
+
+    Parameters
+    ----------
+    message
+        What was expected and what was got.
+    reason
+        A short machine-readable category used for counting bad input: ``"malformed"``,
+        ``"version"``, ``"type"``, ``"field"``, ``"dtype"``, ``"shape"``, ``"payload_length"``,
+        ``"parts"``, ``"encode"``.
+    """
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded protocol message.
+
+    Attributes
+    ----------
+    type
+        ``"start"``, ``"frame"`` or ``"end"``.
+    series
+        The series this message belongs to.
+    seq
+        Sequence number (frames only, else ``None``).
+    arrays
+        The payload arrays by part name (frames only; read-only views of the received buffers).
+    header
+        The full decoded header.
+    """
+
+    type: MessageType
+    series: str
+    seq: int | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The first payload array (the raw frame of an input, the denoised frame of an output)."""
+        if not self.arrays:
+            raise ProtocolError(f"a {self.type!r} message carries no frame (got no payload)",
+                                reason="parts")
+        return next(iter(self.arrays.values()))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Acquisition settings sent with the message (empty when none)."""
+        return self.header.get("meta") or {}
+
+    @property
+    def t_acq_ns(self) -> int | None:
+        """Acquisition timestamp in ns (frames only)."""
+        return self.header.get("t_acq_ns")
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """Frame shape (frames only)."""
+        shape = self.header.get("shape")
+        return tuple(shape) if shape is not None else None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _base_header(kind: str, series: str) -> dict[str, Any]:
+    if not isinstance(series, str) or not series:
+        raise ProtocolError(f"series must be a non-empty str (got {series!r})", reason="encode")
+    return {"v": PROTOCOL_VERSION, "type": kind, "series": series}
+
+
+def _pack(header: Mapping[str, Any]) -> bytes:
+    try:
+        return msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProtocolError(f"header must hold only msgpack types (got {header!r})",
+                            reason="encode") from e
+
+
+def encode_start(series: str, *, meta: Mapping[str, Any] | None = None,
+                 **fields: Any) -> list[bytes]:
+    """Encode the ``start`` message that opens a series.
+
+    Parameters
+    ----------
+    series
+        Series name; every frame of the series carries it.
+    meta
+        Acquisition settings (pixel size, dwell time, detector, ...), compared with the model's.
+    **fields
+        Further header fields (e.g. ``shape``, ``source``).
+    """
+    header = _base_header("start", series)
+    if meta is not None:
+        header["meta"] = dict(meta)
+    header.update(fields)
+    return [_pack(header)]
+
+
+def encode_end(series: str, **fields: Any) -> list[bytes]:
+    """Encode the ``end`` message that closes a series (e.g. ``count=``, ``last_seq=``)."""
+    header = _base_header("end", series)
+    header.update(fields)
+    return [_pack(header)]
+
+
+def _as_wire_array(arr: Any, name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ProtocolError(f"part {name!r} must be a non-empty 2-D array (got shape {a.shape})",
+                            reason="encode")
+    if a.dtype.name not in ALLOWED_DTYPES:
+        raise ProtocolError(f"part {name!r} dtype must be one of {ALLOWED_DTYPES} "
+                            f"(got {a.dtype.name})", reason="encode")
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    # ascontiguousarray copies only when needed; a fresh contiguous array passes through untouched.
+    return np.ascontiguousarray(a)
+
+
+def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: str,
+                 t_acq_ns: int, meta: Mapping[str, Any] | None = None,
+                 parts: Sequence[str] | None = None, **fields: Any) -> list[Any]:
+    """Encode a frame message: ``[header, payload, ...]``.
+
+    Parameters
+    ----------
+    frame
+        One (H, W) array, or a sequence of (H, W) arrays of the same shape (one per part).
+    seq
+        Sequence number within the series (>= 0, increasing).
+    series
+        Series name.
+    t_acq_ns
+        Acquisition timestamp in nanoseconds (``time.time_ns()`` at the detector).
+    meta
+        Optional acquisition settings.
+    parts
+        Part names, one per array. Required with more than one array; with one array and no names
+        the header carries no ``parts`` (an input frame, part name ``"raw"``).
+    **fields
+        Further header fields (the outputs' ``css``, ``timing``, ``engine``, ...).
+
+    Returns
+    -------
+    list
+        ``[header bytes, array, ...]``: the arrays are passed through without a copy; see
+        :func:`send_message` for sending them.
+    """
+    arrays = [frame] if isinstance(frame, np.ndarray) else list(frame)
+    if not arrays:
+        raise ProtocolError("a frame message needs at least one array (got none)", reason="encode")
+    if parts is not None:
+        parts = list(parts)
+        if len(parts) != len(arrays) or len(set(parts)) != len(parts):
+            raise ProtocolError(f"parts must name each of the {len(arrays)} arrays once "
+                                f"(got {parts!r})", reason="encode")
+    elif len(arrays) > 1:
+        raise ProtocolError(f"{len(arrays)} arrays need parts= names (got none)", reason="encode")
+    names = parts or [DEFAULT_INPUT_PART]
+    wire = [_as_wire_array(a, n) for n, a in zip(names, arrays)]
+    shape = wire[0].shape
+    for n, a in zip(names, wire):
+        if a.shape != shape:
+            raise ProtocolError(f"all parts must share shape {shape} (got {a.shape} for {n!r})",
+                                reason="encode")
+    if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
+        raise ProtocolError(f"seq must be an int >= 0 (got {seq!r})", reason="encode")
+    if isinstance(t_acq_ns, bool) or not isinstance(t_acq_ns, (int, np.integer)):
+        raise ProtocolError(f"t_acq_ns must be an int (got {t_acq_ns!r})", reason="encode")
+    header = _base_header("frame", series)
+    header.update(seq=int(seq), shape=[int(shape[0]), int(shape[1])], dtype=wire[0].dtype.name,
+                  t_acq_ns=int(t_acq_ns))
+    if meta is not None:
+        header["meta"] = dict(meta)
+    if parts is not None:
+        header["parts"] = names
+        dtypes = [a.dtype.name for a in wire]
+        if len(set(dtypes)) > 1:
+            header["dtypes"] = dtypes
+    header.update(fields)
+    return [_pack(header), *wire]
+
+
+def send_message(socket: Any, parts: Sequence[Any], *, copy_threshold: int = COPY_THRESHOLD,
+                 track: bool = False, flags: int = 0) -> Any:
+    """Send encoded parts on a ZeroMQ socket, zero-copy for payloads above ``copy_threshold``.
+
+    Parameters
+    ----------
+    socket
+        A ``zmq.Socket``.
+    parts
+        What an ``encode_*`` function returned.
+    copy_threshold
+        Payloads of at least this many bytes are sent with ``copy=False``.
+    track
+        Return a :class:`zmq.MessageTracker` for the zero-copy parts (wait on it before reusing a
+        buffer). Without it, never write into a sent array again (n2a always sends fresh arrays).
+    flags
+        Extra send flags (e.g. ``zmq.NOBLOCK``).
+
+    Returns
+    -------
+    zmq.MessageTracker or None
+        The tracker of the last zero-copy part when ``track`` is set, else ``None``.
+    """
+    import zmq  # local: decoding needs no ZeroMQ
+
+    tracker = None
+    last = len(parts) - 1
+    for i, p in enumerate(parts):
+        f = flags | (zmq.SNDMORE if i < last else 0)
+        nbytes = p.nbytes if isinstance(p, np.ndarray) else len(p)
+        if nbytes >= copy_threshold:
+            t = socket.send(p, f, copy=False, track=track)
+            if track:
+                tracker = t
+        else:
+            socket.send(p, f, copy=True)
+    return tracker
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _buffer(part: Any) -> memoryview:
+    buf = getattr(part, "buffer", None)  # zmq.Frame received with copy=False
+    view = memoryview(buf if buf is not None else part)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _require(header: dict[str, Any], key: str, types: tuple[type, ...], what: str) -> Any:
+    if key not in header:
+        raise ProtocolError(f"header field {key!r} is required for a {header['type']!r} message "
+                            f"(got fields {sorted(header)})", reason="field")
+    value = header[key]
+    ok = _is_int(value) if types == (int,) else isinstance(value, types)
+    if not ok:
+        raise ProtocolError(f"header field {key!r} must be {what} (got {value!r})", reason="field")
+    return value
+
+
+def decode_header(raw: Any) -> dict[str, Any]:
+    """Unpack and validate the header part of a message (no payload checks)."""
+    view = _buffer(raw)
+    if len(view) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header must be at most {MAX_HEADER_BYTES} bytes (got {len(view)})",
+                            reason="malformed")
+    try:
+        header = msgpack.unpackb(view, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"header must be a msgpack map (got undecodable bytes: {e})",
+                            reason="malformed") from e
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a msgpack map (got {type(header).__name__})",
+                            reason="malformed")
+    if not all(isinstance(k, str) for k in header):
+        raise ProtocolError(f"header keys must be str (got {list(header)[:8]!r})",
+                            reason="malformed")
+    v = header.get("v")
+    if not _is_int(v) or v != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version must be {PROTOCOL_VERSION} (got {v!r})",
+                            reason="version")
+    kind = header.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolError(f"message type must be one of {MESSAGE_TYPES} (got {kind!r})",
+                            reason="type")
+    series = _require(header, "series", (str,), "a str")
+    if not series:
+        raise ProtocolError("header field 'series' must be a non-empty str (got '')",
+                            reason="field")
+    if "meta" in header and header["meta"] is not None and not isinstance(header["meta"], dict):
+        raise ProtocolError(f"header field 'meta' must be a map (got {header['meta']!r})",
+                            reason="field")
+    if kind != "frame":
+        return header
+    seq = _require(header, "seq", (int,), "an int >= 0")
+    if seq < 0:
+        raise ProtocolError(f"header field 'seq' must be an int >= 0 (got {seq})", reason="field")
+    _require(header, "t_acq_ns", (int,), "an int (ns)")
+    shape = _require(header, "shape", (list, tuple), "[H, W]")
+    if len(shape) != 2 or not all(_is_int(s) and s > 0 for s in shape):
+        raise ProtocolError(f"header field 'shape' must be [H, W] with positive ints "
+                            f"(got {shape!r})", reason="shape")
+    dtype = _require(header, "dtype", (str,), "a numpy dtype name")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"dtype must be one of {ALLOWED_DTYPES} (got {dtype!r})",
+                            reason="dtype")
+    if "parts" in header:
+        parts = header["parts"]
+        if (not isinstance(parts, list) or not parts
+                or not all(isinstance(p, str) and p for p in parts)
+                or len(set(parts)) != len(parts)):
+            raise ProtocolError(f"header field 'parts' must be a list of distinct names "
+                                f"(got {parts!r})", reason="parts")
+    n_parts = len(header.get("parts") or [DEFAULT_INPUT_PART])
+    if "dtypes" in header:
+        dtypes = header["dtypes"]
+        if not isinstance(dtypes, list) or len(dtypes) != n_parts:
+            raise ProtocolError(f"header field 'dtypes' must list one dtype per part "
+                                f"({n_parts}) (got {dtypes!r})", reason="dtype")
+        if dtypes[0] != dtype or not all(d in ALLOWED_DTYPES for d in dtypes):
+            raise ProtocolError(f"'dtypes' must start with dtype {dtype!r} and use "
+                                f"{ALLOWED_DTYPES} (got {dtypes!r})", reason="dtype")
+    for key, types in OUTPUT_FIELDS.items():
+        if key in header:
+            value = header[key]
+            ok = (_is_int(value) and value >= 0) if types == (int,) else (
+                isinstance(value, types) and not isinstance(value, bool))
+            if ok and isinstance(value, float) and key.startswith("css") and not math.isfinite(value):
+                ok = False
+            if not ok:
+                names = "/".join(t.__name__ for t in types)
+                raise ProtocolError(f"output field {key!r} must be {names} (got {value!r})",
+                                    reason="field")
+    return header
+
+
+def decode(parts: Sequence[Any]) -> Message:
+    """Decode and validate one multipart message.
+
+    Parameters
+    ----------
+    parts
+        The message parts: ``bytes``, ``memoryview`` or ``zmq.Frame`` (from
+        ``recv_multipart(copy=False)``; the arrays then view the received buffers without a copy).
+
+    Returns
+    -------
+    Message
+
+    Raises
+    ------
+    ProtocolError
+        With what was expected and what was got, and a ``reason`` for counting.
+    """
+    if not isinstance(parts, Sequence) or isinstance(parts, (bytes, bytearray, str)):
+        raise ProtocolError(f"a message is a list of parts (got {type(parts).__name__})",
+                            reason="malformed")
+    if len(parts) == 0:
+        raise ProtocolError("a message needs a header part (got 0 parts)", reason="malformed")
+    header = decode_header(parts[0])
+    kind, series = header["type"], header["series"]
+    if kind != "frame":
+        if len(parts) != 1:
+            raise ProtocolError(f"a {kind!r} message has 1 part (got {len(parts)})",
+                                reason="parts")
+        return Message(type=kind, series=series, header=header)
+    names = header.get("parts") or [DEFAULT_INPUT_PART]
+    if len(parts) != 1 + len(names):
+        raise ProtocolError(f"a frame with parts {names} has {1 + len(names)} message parts "
+                            f"(got {len(parts)})", reason="parts")
+    h, w = header["shape"]
+    dtypes = header.get("dtypes") or [header["dtype"]] * len(names)
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype, part in zip(names, dtypes, parts[1:]):
+        dt = np.dtype(dtype).newbyteorder("<")
+        view = _buffer(part)
+        expected = h * w * dt.itemsize
+        if len(view) != expected:
+            raise ProtocolError(f"payload {name!r} must be {h}*{w}*{dt.itemsize} = {expected} "
+                                f"bytes for shape [{h}, {w}] {dtype} (got {len(view)})",
+                                reason="payload_length")
+        arr = np.frombuffer(view, dtype=dt).reshape(h, w)
+        arrays[name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    return Message(type=kind, series=series, seq=header["seq"], arrays=arrays, header=header)
