@@ -1,0 +1,385 @@
+"""``n2a-replay``: a detector / scan-system stand-in that publishes frames over protocol v1.
+
+Frames come from a recorded file (the same readers as ``n2a-train``) or from the STEM series
+simulator. The socket binds 127.0.0.1 by default; ``--port 0`` picks a free port, and the first line
+on stdout is a JSON object naming the real endpoint, e.g.
+``{"endpoint": "tcp://127.0.0.1:40123", "port": 40123, "pattern": "pub"}``, so scripts and tests
+can read it. A PUB source is an XPUB socket underneath: it sees subscriptions, so
+``--wait-subscribers N`` can hold the first frame until N subscribers have joined (a PUB socket
+silently drops what it sends before anyone is connected). PUSH (``--pattern push``) blocks when the
+receiver applies backpressure and loses nothing.
+
+Examples
+--------
+Simulate a drifting nanoparticle at 10 frames/s until stopped::
+
+    n2a-replay --simulate --size 256 --fps 10 --port 5555
+
+Replay a file three times as fast as possible into a PULL receiver::
+
+    n2a-replay --file series.tif --fps 0 --loop --count 300 --pattern push --port 5555
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from .protocol import encode_end, encode_frame, encode_start, send_message
+
+__all__ = ["Replay", "main", "simulated_source"]
+
+log = logging.getLogger("n2a.replay")
+
+Pattern = Literal["pub", "push"]
+FrameSource = Callable[[int], np.ndarray]
+
+
+def simulated_source(*, shape: tuple[int, int] = (256, 256), scene: str = "nanoparticle",
+                     peak_counts: float = 1.0, drift_px_per_frame: float = 0.05, seed: int = 0,
+                     precompute: int = 0) -> tuple[FrameSource, dict[str, Any]]:
+    """A frame function ``t -> uint16 frame`` from the STEM series simulator, and its ``meta``.
+
+    With ``precompute > 0`` the first ``precompute`` frames are simulated up front and cycled (for
+    benchmarks, where simulating a 1024² frame would cost more than sending it).
+    """
+    from noise2atom.stem_sim import StemSimulator
+
+    sim = StemSimulator(shape=shape, scene=scene, peak_counts=peak_counts,
+                        drift_px_per_frame=drift_px_per_frame, seed=seed)
+    if precompute > 0:
+        frames = [sim.frame(t).noisy for t in range(precompute)]
+        return (lambda t: frames[t % len(frames)]), dict(sim.meta)
+    return (lambda t: sim.frame(t).noisy), dict(sim.meta)
+
+
+class Replay:
+    """Publish frames at a fixed rate: ``start``, frames with increasing ``seq``, ``end``.
+
+    Parameters
+    ----------
+    frames
+        A sequence of (H, W) frames (or a (T, H, W) array), or a function ``t -> frame``.
+    fps
+        Frames per second; ``0`` sends as fast as the socket takes them.
+    count
+        Frames to send; ``None`` sends a sequence once (``loop``: forever) and a function forever.
+    loop
+        Wrap around at the end of a sequence.
+    meta
+        Acquisition settings, sent in ``start`` and with every frame.
+    series
+        Series name (default: ``replay-<time>``, unique per run so a restart starts a new series).
+    pattern
+        ``"pub"`` (XPUB underneath) or ``"push"``.
+    host, port
+        Where to bind (``port=0``: a free port; see :attr:`endpoint` after :meth:`bind`).
+    address
+        A full ZeroMQ address to bind instead of host/port.
+    wait_subscribers, wait_timeout_s
+        PUB only: hold the first frame until this many subscriptions arrived (or the timeout).
+    curve_keys
+        A :class:`streamer.security.CurveKeys`; the socket becomes a CURVE server.
+    context
+        ZeroMQ context to use (default: a private one, terminated by :meth:`close`).
+    """
+
+    def __init__(self, *, frames: Sequence[np.ndarray] | np.ndarray | FrameSource, fps: float,
+                 count: int | None = None, loop: bool = False, meta: dict[str, Any] | None = None,
+                 series: str | None = None, pattern: Pattern = "pub", host: str = "127.0.0.1",
+                 port: int = 0, address: str | None = None, wait_subscribers: int = 0,
+                 wait_timeout_s: float = 30.0, curve_keys: Any = None,
+                 context: zmq.Context | None = None) -> None:
+        if pattern not in ("pub", "push"):
+            raise ValueError(f"pattern must be 'pub' or 'push' (got {pattern!r})")
+        if fps < 0:
+            raise ValueError(f"fps must be >= 0 (got {fps})")
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0 (got {count})")
+        if callable(frames):
+            self._frame_at, self._n = frames, None
+        else:
+            if len(frames) == 0:
+                raise ValueError("frames is empty (expected at least one frame)")
+            self._frame_at, self._n = (lambda t: frames[t]), len(frames)
+        self.fps, self.count, self.loop, self.meta = fps, count, loop, dict(meta or {})
+        self.series = series or f"replay-{time.time_ns()}"
+        self.pattern = pattern
+        self.address = address or f"tcp://{host}:{port}"
+        self.wait_subscribers, self.wait_timeout_s = wait_subscribers, wait_timeout_s
+        self.curve_keys = curve_keys
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        self.socket: zmq.Socket | None = None
+        self.endpoint: str | None = None
+        self.sent = 0
+        self.subscriptions = 0
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after :meth:`bind`)."""
+        if self.endpoint is None:
+            raise RuntimeError("Replay.port is known after bind() (got an unbound replay)")
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def bind(self) -> str:
+        """Create and bind the socket; return the real endpoint."""
+        if self.socket is not None:
+            return self.endpoint
+        sock = self.context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
+        sock.linger = 0
+        sock.sndhwm = 1000
+        if self.pattern == "pub":
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if self.curve_keys is not None:
+            from .security import start_authenticator
+            self._auth = start_authenticator(self.context, self.curve_keys)
+            self.curve_keys.configure_server(sock)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            raise OSError(f"n2a-replay cannot bind {self.address} (got {e})") from e
+        self.socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def _drain_subscriptions(self) -> None:
+        if self.pattern != "pub":
+            return
+        while True:
+            try:
+                msg = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscriptions += 1
+
+    def _send(self, parts: list[Any]) -> bool:
+        """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
+        while not self.stop_event.is_set():
+            if self.pattern == "pub" or self.socket.poll(100, zmq.POLLOUT):
+                try:
+                    send_message(self.socket, parts, flags=zmq.NOBLOCK)
+                    return True
+                except zmq.Again:
+                    continue
+        return False
+
+    def _wait_for_subscribers(self) -> None:
+        if self.pattern != "pub" or self.wait_subscribers <= 0:
+            return
+        deadline = time.monotonic() + self.wait_timeout_s
+        while self.subscriptions < self.wait_subscribers and not self.stop_event.is_set():
+            if time.monotonic() > deadline:
+                log.warning("n2a-replay: %d of %d subscribers after %.1f s; sending anyway",
+                            self.subscriptions, self.wait_subscribers, self.wait_timeout_s)
+                return
+            if self.socket.poll(50, zmq.POLLIN):
+                self._drain_subscriptions()
+
+    def run(self) -> int:
+        """Send the series (blocking); returns the number of frames sent."""
+        self.bind()
+        self._wait_for_subscribers()
+        total = self.count if self.count is not None else (
+            None if (self._n is None or self.loop) else self._n)
+        if not self._send(encode_start(self.series, meta=self.meta)):
+            return self.sent
+        t0 = time.monotonic()
+        seq = 0
+        while (total is None or seq < total) and not self.stop_event.is_set():
+            if self.fps > 0:
+                delay = t0 + seq / self.fps - time.monotonic()
+                if delay > 0 and self.stop_event.wait(delay):
+                    break
+            t = seq % self._n if self._n is not None else seq
+            if self._n is not None and not self.loop and seq >= self._n:
+                break
+            frame = self._frame_at(t)
+            parts = encode_frame(frame, seq=seq, series=self.series, t_acq_ns=time.time_ns(),
+                                 meta=self.meta or None)
+            if not self._send(parts):
+                break
+            seq += 1
+            self.sent = seq
+            self._drain_subscriptions()
+        # The end marker goes out even after a stop: it is a single small message.
+        if self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT):
+            try:
+                send_message(self.socket, encode_end(self.series, count=self.sent),
+                             flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        return self.sent
+
+    # -- thread use (tests, benchmarks) -------------------------------------------------------
+    def start(self) -> Replay:
+        """Bind now and send from a background thread."""
+        self.bind()
+
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as e:  # reported to the owner through maybe_raise()
+                self.error = e
+
+        self._thread = threading.Thread(target=target, name="n2a-replay", daemon=True)
+        self._thread.start()
+        return self
+
+    def maybe_raise(self) -> None:
+        """Re-raise an error of the background thread in the caller."""
+        if self.error is not None:
+            raise RuntimeError(f"n2a-replay failed: {self.error}") from self.error
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the series to finish; raise ``TimeoutError`` after ``timeout`` seconds."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"n2a-replay still sending after {timeout} s "
+                                   f"(sent {self.sent})")
+        self.maybe_raise()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop sending, close the socket (linger 0) and the private context."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"n2a-replay thread did not stop within {timeout} s")
+        if self.socket is not None:
+            self.socket.close(0)
+            self.socket = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="n2a-replay",
+        description="Publish STEM frames over n2a's protocol v1 from a file or the simulator.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="frame file (TIFF/DM4/EMD/HDF5/npy), as n2a-train reads")
+    src.add_argument("--simulate", action="store_true", help="simulate a STEM series")
+    p.add_argument("--dataset", help="dataset inside an HDF5/EMD file")
+    p.add_argument("--size", type=int, default=256, help="simulated frame side (default 256)")
+    p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="simulated H W")
+    p.add_argument("--scene", choices=["nanoparticle", "crystal", "mixed"], default="nanoparticle")
+    p.add_argument("--peak-counts", "--dose", dest="peak_counts", type=float, default=1.0,
+                   help="simulated dose: mean counts at a full atom's peak (default 1.0, low dose)")
+    p.add_argument("--drift", type=float, default=0.05, help="simulated drift, px/frame (0.05)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precompute", type=int, default=0,
+                   help="simulate this many frames up front and cycle them (benchmarks)")
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second, 0 = no pacing")
+    p.add_argument("--count", type=int, help="frames to send (default: the file once; "
+                                             "simulation: until stopped)")
+    p.add_argument("--loop", action="store_true", help="repeat the file")
+    p.add_argument("--series", help="series name (default: replay-<time>)")
+    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
+    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
+    p.add_argument("--wait-subscribers", type=int, default=0,
+                   help="PUB: wait for this many subscribers before the first frame")
+    p.add_argument("--wait-timeout", type=float, default=30.0)
+    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``n2a-replay``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
+    if args.port < 0 or args.port > 65535:
+        _parser().error(f"--port must be 0..65535 (got {args.port})")
+    if args.fps < 0:
+        _parser().error(f"--fps must be >= 0 (got {args.fps})")
+    if args.count is not None and args.count < 0:
+        _parser().error(f"--count must be >= 0 (got {args.count})")
+    if args.simulate:
+        shape = tuple(args.shape) if args.shape else (args.size, args.size)
+        try:
+            frames, meta = simulated_source(shape=shape, scene=args.scene,
+                                            peak_counts=args.peak_counts,
+                                            drift_px_per_frame=args.drift, seed=args.seed,
+                                            precompute=args.precompute)
+        except ValueError as e:
+            _parser().error(str(e))
+    else:
+        from noise2atom.io import read_frames
+
+        try:
+            stack = read_frames(args.file, dataset=args.dataset)
+        except Exception as e:
+            print(f"n2a-replay: cannot read {args.file}: {e}", file=sys.stderr)
+            return 2
+        frames, meta = stack.frames, dict(stack.meta)
+    keys = None
+    if args.curve_keys:
+        from .security import CurveKeys
+
+        try:
+            keys = CurveKeys.load(args.curve_keys)
+        except (FileNotFoundError, RuntimeError) as e:
+            _parser().error(str(e))
+    replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,
+                    series=args.series, pattern=args.pattern, host=args.host, port=args.port,
+                    address=args.address, wait_subscribers=args.wait_subscribers,
+                    wait_timeout_s=args.wait_timeout, curve_keys=keys)
+    try:
+        endpoint = replay.bind()
+    except OSError as e:
+        print(f"n2a-replay: {e}", file=sys.stderr)
+        replay.close()
+        return 2
+    print(json.dumps({"endpoint": endpoint, "port": replay.port, "pattern": args.pattern,
+                      "series": replay.series}), flush=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        replay.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        sent = replay.run()
+    finally:
+        replay.close()
+    print(json.dumps({"sent": sent, "series": replay.series}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
