@@ -121,3 +121,41 @@ class RateLimitedLog:
         if n:
             msg += f" ({n} more like it suppressed)"
         self.logger.warning(msg, *args)
+
+
+class StreamStats:
+    """Everything the stream counts, shared by its stages (each field is thread-safe)."""
+
+    STAGES = ("receive", "queue", "normalise", "denoise", "css", "send",
+              "receive_to_publish", "acq_to_publish")
+
+    def __init__(self) -> None:
+        self.counts = Counters()  # frames_in, published, dropped, dropped_at_stop, gaps, series
+        self.rejected = Counters()  # by reason
+        self.latency = LatencyWindow()  # t_acq -> published
+        self.stages = {s: LatencyWindow() for s in self.STAGES}
+        self.rate_in = RateMeter()
+        self.rate_out = RateMeter()
+        self._lock = threading.Lock()
+        self.css_sum = {"css": 0.0, "css_raw": 0.0}
+        self.css_n = {"css": 0, "css_raw": 0}
+        self.last: dict[str, object] = {}
+
+    def add_css(self, key: str, value: float | None) -> None:
+        if value is None:
+            return
+        with self._lock:
+            self.css_sum[key] += value
+            self.css_n[key] += 1
+
+    def css_mean(self, key: str) -> float | None:
+        with self._lock:
+            return self.css_sum[key] / self.css_n[key] if self.css_n[key] else None
+
+    def set_last(self, **values: object) -> None:
+        with self._lock:
+            self.last.update(values)
+
+    def get_last(self) -> dict[str, object]:
+        with self._lock:
+            return dict(self.last)

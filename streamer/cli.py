@@ -1,0 +1,197 @@
+"""``n2a-stream``: denoise a live stream of STEM frames (see docs/protocol.md).
+
+Examples
+--------
+Denoise what a scan system publishes on port 5555, publish on 5556, record everything::
+
+    n2a-stream --port 5555 --record runs/today
+
+Lossless, with backpressure, from a PUSH source::
+
+    n2a-stream --port 5555 --pattern pull --policy block
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = ["build_config", "main"]
+
+log = logging.getLogger("n2a.stream")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {v})")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535 (got {text!r})") from e
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535 (got {v})")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="n2a-stream",
+        description="Denoise STEM frames live: ZeroMQ in (protocol v1), denoised frames with "
+                    "rolling CSS out.")
+    src = p.add_argument_group("input")
+    src.add_argument("--port", type=_port, help="port of the acquisition publisher")
+    src.add_argument("--host", default="127.0.0.1", help="host of the publisher (127.0.0.1)")
+    src.add_argument("--source", help="any ZeroMQ address instead of --host/--port")
+    src.add_argument("--pattern", choices=["sub", "pull"], default="sub",
+                     help="input socket: SUB (to a PUB) or PULL (to a PUSH)")
+    src.add_argument("--max-frame-bytes", type=_positive_int, default=64 << 20,
+                     help="reject larger frames (default 64 MiB)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out-port", type=_port, help="output PUB port (default PORT+1; 0: free)")
+    out.add_argument("--bind", default="127.0.0.1",
+                     help="interface for the output socket (default 127.0.0.1; 0.0.0.0: all)")
+    raw = out.add_mutually_exclusive_group()
+    raw.add_argument("--with-raw", dest="with_raw", action="store_true", default=True,
+                     help="send the raw frame as a second part (default)")
+    raw.add_argument("--no-with-raw", dest="with_raw", action="store_false")
+    out.add_argument("--record", type=Path, help="record raw and denoised frames to DIR")
+    eng = p.add_argument_group("denoising")
+    eng.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
+    eng.add_argument("--engine", default="auto",
+                     help="back end: auto, tensorrt, pytorch, onnxruntime (default auto)")
+    eng.add_argument("--device", help="engine device, e.g. cpu, cuda:0")
+    eng.add_argument("--policy", choices=["latest", "block"], default="latest",
+                     help="engine behind: keep the newest frames and count drops (latest), or "
+                          "push back on a PUSH source (block, needs --pattern pull)")
+    eng.add_argument("--max-queue", type=_positive_int, default=2,
+                     help="frames waiting for the engine before the policy acts (2)")
+    eng.add_argument("--css-window", type=_positive_int, default=10,
+                     help="rolling CSS window in frames (10)")
+    eng.add_argument("--denoise-delay-ms", type=float, default=0.0,
+                     help="diagnostic: add this delay per frame after the engine (tests the drop "
+                          "policy with a slow engine)")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--curve-keys", type=Path,
+                     help="CURVE-encrypt and authenticate both sockets with the zmq.auth keys in DIR")
+    sec.add_argument("--make-keys", type=Path, metavar="DIR",
+                     help="create a server/client key set in DIR and exit")
+    run = p.add_argument_group("run")
+    run.add_argument("--exit-on-end", action="store_true",
+                     help="exit once the source sent `end` and every frame is out")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--status-interval", type=float, default=1.0,
+                     help="seconds between status lines on stderr (0: none)")
+    run.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """Turn parsed arguments into a validated ``StreamConfig`` (errors exit with status 2)."""
+    from .pipeline import StreamConfig
+
+    if args.source is None and args.port is None:
+        parser.error("an input is required: --port PORT or --source ADDR (got neither)")
+    if args.source is not None and args.port is not None:
+        parser.error(f"give --port or --source, not both (got --port {args.port} and "
+                     f"--source {args.source})")
+    source = args.source or f"tcp://{args.host}:{args.port}"
+    if args.out_port is None:
+        if args.port is None:
+            parser.error("--out-port is required with --source (no PORT to add 1 to)")
+        if args.port == 0 or args.port >= 65535:
+            parser.error(f"--out-port defaults to PORT+1, which is not usable for --port "
+                         f"{args.port}; give --out-port")
+        out_port = args.port + 1
+    else:
+        out_port = args.out_port
+    if args.denoise_delay_ms < 0:
+        parser.error(f"--denoise-delay-ms must be >= 0 (got {args.denoise_delay_ms})")
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model: no such checkpoint file (got {args.model})")
+    if args.curve_keys is not None and not args.curve_keys.is_dir():
+        parser.error(f"--curve-keys: expected a directory of zmq.auth keys (got {args.curve_keys})")
+    try:
+        return StreamConfig(
+            source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
+            policy=args.policy, with_raw=args.with_raw, model=args.model, engine=args.engine,
+            device=args.device, css_window=args.css_window, max_queue=args.max_queue,
+            record=args.record, max_frame_bytes=args.max_frame_bytes,
+            curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
+                         for err in e.errors())
+        parser.error(msgs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``n2a-stream``; returns 0 after a clean stop (also on SIGINT/SIGTERM)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    if args.make_keys is not None:
+        from .security import make_keys
+
+        print(f"n2a-stream: keys in {make_keys(args.make_keys)}")
+        return 0
+    config = build_config(args, parser)
+    from .pipeline import Stream
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stream = Stream(config=config)
+    try:
+        stream.start()
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"n2a-stream: cannot start: {e}", file=sys.stderr)
+        return 2
+    print(f"n2a-stream: {config.source} -> {stream.out_endpoint} ({stream.engine_name}, "
+          f"model {stream.model_id}, policy {config.policy})", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    next_status = t0 + args.status_interval
+    rc = 0
+    try:
+        while not stop.is_set():
+            stop.wait(0.1)
+            stream.maybe_raise()
+            now = time.monotonic()
+            if args.status_interval > 0 and now >= next_status:
+                print(stream.status_line(), file=sys.stderr, flush=True)
+                next_status = now + args.status_interval
+            if args.exit_on_end and stream.ended:
+                break
+            if args.duration is not None and now - t0 >= args.duration:
+                break
+    except RuntimeError as e:
+        print(f"n2a-stream: stopping after an error: {e}", file=sys.stderr, flush=True)
+        rc = 1
+    try:
+        summary = stream.stop()
+    except (RuntimeError, TimeoutError) as e:
+        print(f"n2a-stream: error while stopping: {e}", file=sys.stderr, flush=True)
+        summary, rc = stream.summary(), 1
+    print(stream.summary_text(summary), file=sys.stderr, flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""``Stream``: n2a's live path in one object — receive, denoise and publish threads joined by
+bounded queues, with counted drops, rolling CSS, recording and a status line.
+
+::
+
+    input socket ─▶ Receiver ─▶ [in queue, policy] ─▶ Denoiser ─▶ [out queue] ─▶ Publisher ─▶ XPUB
+    (SUB / PULL)    validate,        latest: drop            normalise, engine,     CSS, header,
+                    gaps, record     oldest, count;          back to [0, 1]          send, record
+                    raw              block: backpressure
+
+The owner (the CLI, a test, the demo) calls :meth:`Stream.start`, then :meth:`Stream.maybe_raise`
+regularly (a failed stage stops the stream and its error is raised there), and :meth:`Stream.stop`,
+which stops input, lets the denoiser finish what is queued (within a deadline; anything left is
+counted as ``dropped_at_stop``), flushes the recorder and returns the summary.
+
+Examples
+--------
+>>> from streamer.pipeline import Stream, StreamConfig            # doctest: +SKIP
+>>> with Stream(config=StreamConfig(source="tcp://127.0.0.1:5555")) as s:   # doctest: +SKIP
+...     time.sleep(10); print(s.status_line())
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .publisher import OutFrame, Publisher
+from .queues import FrameQueue
+from .stats import StreamStats
+from .subscriber import EndMarker, InFrame, Receiver
+from .worker import Worker
+
+__all__ = ["Denoiser", "Stream", "StreamConfig"]
+
+log = logging.getLogger("n2a.stream")
+
+
+class StreamConfig(BaseModel):
+    """Options of ``n2a-stream`` (the CLI builds one from its arguments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="ZeroMQ address of the acquisition publisher, e.g. "
+                                    "tcp://127.0.0.1:5555")
+    out: str = Field(default="tcp://127.0.0.1:0",
+                     description="address to bind the output PUB socket (port 0: a free port)")
+    pattern: Literal["sub", "pull"] = Field(default="sub", description="input socket type")
+    policy: Literal["latest", "block"] = Field(
+        default="latest", description="when the denoiser is behind: drop the oldest queued frame "
+                                      "(counted) or apply backpressure (needs pattern pull)")
+    with_raw: bool = Field(default=True, description="send the raw frame as a second part")
+    model: Path | None = Field(default=None, description="checkpoint (default: the bundled one)")
+    engine: str = Field(default="auto", description="engine back end (auto, onnxruntime, ...)")
+    device: str | None = Field(default=None, description="engine device (default: back end's)")
+    css_window: int = Field(default=10, ge=1, le=10_000, description="rolling CSS window")
+    max_queue: int = Field(default=2, ge=1, le=10_000,
+                           description="frames waiting for the denoiser before the policy acts")
+    record: Path | None = Field(default=None, description="recording directory")
+    max_frame_bytes: int = Field(default=64 << 20, ge=1, description="larger frames are rejected")
+    curve_keys: Path | None = Field(default=None, description="zmq.auth key directory (CURVE)")
+    denoise_delay_ms: float = Field(
+        default=0.0, ge=0.0, le=60_000,
+        description="diagnostic: sleep this long per frame in the denoise stage after the engine "
+                    "ran (makes the engine 'slow' to exercise the drop policy)")
+    rcvhwm: int = Field(default=1000, ge=1, description="input socket receive high-water mark")
+    sndhwm: int = Field(default=1000, ge=1, description="output socket send high-water mark")
+    drain_timeout_s: float = Field(default=10.0, ge=0, description="how long stop() waits for "
+                                   "queued frames to be denoised before counting them dropped")
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamConfig:
+        if self.policy == "block" and self.pattern != "pull":
+            raise ValueError("policy 'block' needs pattern 'pull': a PUB publisher drops frames "
+                             f"silently when pushed back (got pattern {self.pattern!r})")
+        return self
+
+
+class Denoiser(Worker):
+    """Denoise stage thread: raw -> model units -> engine -> [0, 1] float32."""
+
+    def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
+                 input_done: threading.Event, stop_event: threading.Event,
+                 failed: threading.Event, delay_s: float = 0.0) -> None:
+        super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
+        self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
+        self.input_done, self.delay_s = input_done, delay_s
+        self.norm = engine.config.normalisation
+
+    def _put(self, item: Any, marker: bool = False) -> bool:
+        while True:
+            try:
+                self.outq.put(item, timeout=0.1, marker=marker)
+                return True
+            except TimeoutError:
+                if self.stop_event.is_set():  # hard stop: the publisher is gone
+                    return False
+
+    def process(self, item: InFrame) -> OutFrame | None:
+        from engines.base import EngineError
+
+        t0 = time.perf_counter_ns()
+        queue_ns = time.time_ns() - item.t_enq_ns
+        x = self.norm.to_model(item.raw)[None]
+        t1 = time.perf_counter_ns()
+        try:
+            y = self.engine.infer(x)[0]
+        except EngineError as e:
+            self.stats.rejected.add("engine_error")
+            log.warning("n2a-stream: the engine refused frame seq %d of %s: %s",
+                        item.seq, item.series.name, e)
+            return None
+        t2 = time.perf_counter_ns()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t3 = time.perf_counter_ns()
+        den = np.asarray(self.norm.from_model(y), dtype=np.float32)
+        t4 = time.perf_counter_ns()
+        return OutFrame(item=item, denoised=den,
+                        timing={"queue": queue_ns, "normalise": (t1 - t0) + (t4 - t3),
+                                "denoise": t3 - t1})
+
+    def work(self) -> None:
+        while not self.stop_event.is_set():
+            item = self.inq.get(timeout=0.05)
+            if item is None:
+                if self.input_done.is_set():
+                    break  # input stopped and the queue is empty
+                continue
+            if isinstance(item, EndMarker):
+                if not self._put(item, marker=True):
+                    return
+                continue
+            out = self.process(item)
+            if out is not None and not self._put(out):
+                return
+
+
+class Stream:
+    """The live path; see the module docstring.
+
+    Parameters
+    ----------
+    config
+        A :class:`StreamConfig`; or pass its fields as keyword arguments.
+    """
+
+    def __init__(self, *, config: StreamConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError(f"pass config= or options, not both (got both; options {sorted(options)})")
+        self.config = config or StreamConfig(**options)
+        self.stats = StreamStats()
+        self.context: zmq.Context | None = None
+        self.engine = None
+        self.recorder = None
+        self._auth = None
+        self._in_sock = self._out_sock = None
+        self._threads: list[Worker] = []
+        self.stop_input = threading.Event()
+        self.input_done = threading.Event()
+        self.denoise_stop = threading.Event()
+        self.publish_stop = threading.Event()
+        self.failed = threading.Event()
+        self.out_endpoint: str | None = None
+        self.engine_info: dict[str, Any] = {}
+        self.model_id = ""
+        self._t_start = 0.0
+        self._t_stop: float | None = None
+        self._started = self._stopped = False
+        self._summary: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def out_port(self) -> int:
+        if self.out_endpoint is None:
+            raise RuntimeError("Stream.out_port is known after start() (got a stream not started)")
+        return int(self.out_endpoint.rsplit(":", 1)[1])
+
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions seen on the output socket (viewers that joined, minus those that left)."""
+        return self.publisher.subscriptions if self._threads else 0
+
+    @property
+    def receiver(self) -> Receiver:
+        return self._threads[0]
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._threads[2]
+
+    def _open_engine(self) -> None:
+        from engines import open_engine
+        from noise2atom.checkpoint import default_model_path
+
+        path = self.config.model or default_model_path()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model checkpoint not found: {path} (expected a .safetensors "
+                                    f"file made by n2a-train; pass --model PATH)")
+        kwargs = {"backend": self.config.engine}
+        if self.config.device is not None:
+            kwargs["device"] = self.config.device
+        engine = open_engine(path, **kwargs)
+        self.engine = engine.__enter__()
+        info = self.engine.describe()
+        self.engine_info = dict(info)
+        self.model_id = str(info.get("model", ""))
+        self.engine_name = "/".join(str(info.get(k)) for k in ("backend", "device", "precision")
+                                    if info.get(k) is not None)
+
+    def start(self) -> Stream:
+        """Open the engine, recorder and sockets, and start the three stages."""
+        if self._started:
+            raise RuntimeError("Stream.start() called twice (got a stream already started)")
+        self._started = True
+        cfg = self.config
+        try:
+            self._open_engine()
+            if cfg.record is not None:
+                from .recorder import Recorder
+                self.recorder = Recorder(cfg.record)
+            self.context = zmq.Context()
+            keys = None
+            if cfg.curve_keys is not None:
+                from .security import CurveKeys, start_authenticator
+                keys = CurveKeys.load(cfg.curve_keys)
+                self._auth = start_authenticator(self.context, keys)
+            out = self.context.socket(zmq.XPUB)
+            out.linger = 0
+            out.sndhwm = cfg.sndhwm
+            out.setsockopt(zmq.XPUB_VERBOSE, 1)
+            if keys is not None:
+                keys.configure_server(out)
+            self._out_sock = out
+            try:
+                out.bind(cfg.out)
+            except zmq.ZMQError as e:
+                raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
+            self.out_endpoint = out.getsockopt_string(zmq.LAST_ENDPOINT)
+            sock = self.context.socket(zmq.SUB if cfg.pattern == "sub" else zmq.PULL)
+            sock.linger = 0
+            sock.rcvhwm = cfg.rcvhwm
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if cfg.pattern == "sub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if keys is not None:
+                keys.configure_client(sock)
+            self._in_sock = sock
+            try:
+                sock.connect(cfg.source)
+            except zmq.ZMQError as e:
+                raise ValueError(f"n2a-stream cannot connect to {cfg.source} (expected a ZeroMQ "
+                                 f"address like tcp://HOST:PORT; got {e})") from e
+        except BaseException:
+            self._close_resources()
+            raise
+        norm = self.engine.config.normalisation
+        model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
+        from noise2atom.metrics import RollingCSS
+
+        def make_css() -> tuple[RollingCSS, RollingCSS]:
+            return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
+                    RollingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
+
+        inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
+                         is_droppable=lambda i: isinstance(i, InFrame))
+        outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
+                          is_droppable=lambda i: isinstance(i, OutFrame))
+        self.inq, self.outq = inq, outq
+        receiver = Receiver(socket=self._in_sock, queue=inq, stats=self.stats,
+                            stop_event=self.stop_input, failed=self.failed,
+                            max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
+                            recorder=self.recorder)
+        denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
+                            input_done=self.input_done, stop_event=self.denoise_stop,
+                            failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000)
+        publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
+                              stop_event=self.publish_stop, failed=self.failed,
+                              make_css=make_css, engine_name=self.engine_name,
+                              model_id=self.model_id, with_raw=cfg.with_raw,
+                              recorder=self.recorder)
+        self._threads = [receiver, denoiser, publisher]
+        self._t_start = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def maybe_raise(self) -> None:
+        """Raise the first stage error, if any (call this every tick)."""
+        for t in self._threads:
+            t.maybe_raise()
+
+    @property
+    def ended(self) -> bool:
+        """An ``end`` message arrived and everything received has been published or dropped."""
+        if not self._threads or not self.receiver.ended.is_set():
+            return False
+        c = self.stats.counts
+        done = c.get("published") + c.get("dropped") + self.stats.rejected.get("engine_error")
+        return done >= c.get("frames_in") and len(self.inq) == 0 and len(self.outq) == 0
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Stop taking input, finish (or count) what is in flight, flush, close; return the summary.
+
+        Raises ``TimeoutError`` when a stage does not stop within ``timeout`` seconds, and the first
+        stage error, if any, after everything was closed.
+        """
+        if self._stopped:
+            return self._summary
+        self._stopped = True
+        deadline = time.monotonic() + timeout
+        errors: list[BaseException] = []
+        try:
+            if self._threads:
+                receiver, denoiser, publisher = self._threads
+                self.stop_input.set()
+                receiver.join_or_raise(max(0.1, deadline - time.monotonic()))
+                self.input_done.set()
+                # Let the denoiser finish what is queued, within the drain deadline.
+                denoiser.join(min(self.config.drain_timeout_s, max(0.1, deadline - time.monotonic())))
+                self.denoise_stop.set()
+                denoiser.join_or_raise(max(0.1, deadline - time.monotonic()))
+                left = [i for i in self.inq.drain() if isinstance(i, InFrame)]
+                if left:
+                    self.stats.counts.add("dropped_at_stop", len(left))
+                self.publish_stop.set()
+                publisher.join_or_raise(max(0.1, deadline - time.monotonic()))
+                left = [i for i in self.outq.drain() if isinstance(i, OutFrame)]
+                if left:
+                    self.stats.counts.add("dropped_at_stop", len(left))
+        except TimeoutError as e:
+            errors.append(e)
+            for ev in (self.stop_input, self.input_done, self.denoise_stop, self.publish_stop):
+                ev.set()
+        self._t_stop = time.monotonic()
+        self._summary = self.summary()
+        self._close_resources()
+        for t in self._threads:
+            if t.error is not None:
+                errors.append(RuntimeError(f"{t.name} thread failed: {t.error!r}"))
+        if errors:
+            raise errors[0]
+        return self._summary
+
+    def _close_resources(self) -> None:
+        alive = any(t.is_alive() for t in self._threads)
+        for sock in (self._in_sock, self._out_sock):
+            if sock is not None and not alive:
+                sock.close(0)
+        self._in_sock = self._out_sock = None
+        if self.recorder is not None:
+            self.recorder.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self.engine is not None:
+            self.engine.__exit__(None, None, None)
+            self.engine = None
+        if self.context is not None and not alive:
+            self.context.term()
+            self.context = None
+
+    def __enter__(self) -> Stream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ reporting
+    def status(self) -> dict[str, Any]:
+        """A snapshot of rates, latency, queue depth, drops and CSS."""
+        st, c = self.stats, self.stats.counts
+        last = st.get_last()
+        return {
+            "fps_in": st.rate_in.rate(), "fps_out": st.rate_out.rate(),
+            "latency_p50_ms": st.latency.percentile_ms(50),
+            "latency_p99_ms": st.latency.percentile_ms(99),
+            "queue": len(self.inq) if self._threads else 0,
+            "frames_in": c.get("frames_in"), "published": c.get("published"),
+            "dropped": c.get("dropped"), "gaps": c.get("gaps"),
+            "rejected": st.rejected.total(),
+            "css_mean": last.get("css_mean"), "css_raw_mean": last.get("css_raw_mean"),
+            "meta_mismatch": last.get("meta_mismatch") or [],
+        }
+
+    def status_line(self) -> str:
+        """The once-a-second line for stderr."""
+        s = self.status()
+
+        def f(v: Any, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        line = (f"in {s['fps_in']:5.1f} fps | out {s['fps_out']:5.1f} fps | "
+                f"latency p50 {f(s['latency_p50_ms'], '.1f')} ms p99 "
+                f"{f(s['latency_p99_ms'], '.1f')} ms | queue {s['queue']} | "
+                f"frames {s['published']}/{s['frames_in']} | dropped {s['dropped']} | "
+                f"gaps {s['gaps']} | rejected {s['rejected']} | "
+                f"CSS raw {f(s['css_raw_mean'], '.3f')} denoised {f(s['css_mean'], '.3f')}")
+        if s["meta_mismatch"]:
+            line += f" | META MISMATCH: {', '.join(s['meta_mismatch'])}"
+        return line
+
+    def summary(self) -> dict[str, Any]:
+        """Totals since start (the CLI prints it at exit)."""
+        st, c = self.stats, self.stats.counts
+        end = self._t_stop if self._t_stop is not None else time.monotonic()
+        elapsed = max(1e-9, end - self._t_start) if self._t_start else 0.0
+        stages = {k: w.mean_ms() for k, w in st.stages.items() if w.count}
+        return {
+            "frames_in": c.get("frames_in"), "published": c.get("published"),
+            "dropped": c.get("dropped"), "dropped_at_stop": c.get("dropped_at_stop"),
+            "gaps": c.get("gaps"), "rejected": st.rejected.total(),
+            "rejected_by_reason": st.rejected.snapshot(), "series": c.get("series"),
+            "elapsed_s": round(elapsed, 3),
+            "fps_out": c.get("published") / elapsed if elapsed else 0.0,
+            "latency_p50_ms": st.latency.percentile_ms(50),
+            "latency_p99_ms": st.latency.percentile_ms(99),
+            "stage_mean_ms": stages,
+            "css_raw_mean": st.css_mean("css_raw"), "css_mean": st.css_mean("css"),
+            "engine": self.engine_name if self.engine_info else None, "model": self.model_id,
+            "recorded": self.recorder.counts() if self.recorder is not None else None,
+        }
+
+    def summary_text(self, summary: dict[str, Any] | None = None) -> str:
+        """The summary as a few human lines plus one JSON line (``n2a-stream summary: {...}``)."""
+        s = summary or self.summary()
+
+        def f(v: Any, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        lines = [
+            f"n2a-stream: {s['published']} of {s['frames_in']} frames denoised in "
+            f"{s['elapsed_s']:.1f} s ({s['fps_out']:.1f} fps); dropped {s['dropped']} "
+            f"(+{s['dropped_at_stop']} at stop), upstream gaps {s['gaps']}, rejected "
+            f"{s['rejected']} {s['rejected_by_reason'] or ''}".rstrip(),
+            f"n2a-stream: latency p50 {f(s['latency_p50_ms'], '.1f')} ms, p99 "
+            f"{f(s['latency_p99_ms'], '.1f')} ms; mean CSS raw {f(s['css_raw_mean'], '.3f')}, "
+            f"denoised {f(s['css_mean'], '.3f')}; engine {s['engine']}, model {s['model']}",
+            "n2a-stream summary: " + json.dumps(s, default=str),
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""The publish stage: rolling CSS, the output header, the send, and the denoised recording.
+
+Runs in its own thread, fed by a bounded queue from the denoiser. The output socket is an XPUB (a PUB
+that also sees subscriptions, so :attr:`Publisher.subscriptions` tells tests and the demo when a
+viewer has joined). A PUB socket never blocks: a subscriber that falls ``sndhwm`` messages behind
+loses messages inside ZeroMQ, which that subscriber sees as a jump in ``seq``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .protocol import encode_end, encode_frame, encode_start, send_message
+from .queues import FrameQueue
+from .stats import StreamStats
+from .subscriber import EndMarker, InFrame, SeriesState
+from .worker import Worker
+
+__all__ = ["OutFrame", "Publisher"]
+
+log = logging.getLogger("n2a.stream")
+
+
+@dataclass
+class OutFrame:
+    """A denoised frame on its way out."""
+
+    item: InFrame
+    denoised: np.ndarray  # float32 in [0, 1]
+    timing: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher(Worker):
+    """Publish stage thread.
+
+    Parameters
+    ----------
+    socket
+        The bound XPUB socket; used only by this thread.
+    queue
+        Denoised frames (and end markers) from the denoiser.
+    stats
+        Shared counters.
+    stop_event
+        Set when nothing more will arrive on ``queue`` (after the denoiser finished).
+    failed
+        Set when this thread fails.
+    make_css
+        ``() -> (css_denoised, css_raw)`` pair of fresh ``RollingCSS`` objects for a new series.
+    engine_name, model_id
+        For the output header.
+    with_raw
+        Send the raw frame as a second part.
+    recorder
+        Optional recorder; every published frame is recorded (denoised part only).
+    """
+
+    def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
+                 stop_event: threading.Event, failed: threading.Event, make_css: Any,
+                 engine_name: str, model_id: str, with_raw: bool, recorder: Any = None) -> None:
+        super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
+        self.socket, self.queue, self.stats = socket, queue, stats
+        self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
+        self.with_raw, self.recorder = with_raw, recorder
+        self.subscriptions = 0
+        self._series: SeriesState | None = None
+        self._css = None
+
+    def _drain_subscriptions(self) -> None:
+        while True:
+            try:
+                msg = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscriptions += 1
+            elif msg[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
+
+    def _send(self, parts: list[Any]) -> None:
+        send_message(self.socket, parts, flags=zmq.NOBLOCK)
+
+    def _start_series(self, series: SeriesState) -> None:
+        if self._series is not None and self._series is not series:
+            self._send(encode_end(self._series.name, reason="new series"))
+        self._series = series
+        self._css = self.make_css()
+        parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
+                             shape=list(series.shape), meta_mismatch=series.mismatch)
+        self._send(parts)
+        if self.recorder is not None:
+            self.recorder.write("denoised", parts)
+
+    def publish(self, out: OutFrame) -> None:
+        item = out.item
+        if item.series is not self._series:
+            self._start_series(item.series)
+        t0 = time.perf_counter_ns()
+        css_den, css_raw = self._css
+        css, css_mean = css_den.update(out.denoised)
+        craw, craw_mean = css_raw.update(item.raw)
+        t1 = time.perf_counter_ns()
+        timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0)
+        counts = self.stats.counts
+        fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
+                      engine=self.engine_name, model=self.model_id,
+                      dropped=counts.get("dropped"), gaps=counts.get("gaps"),
+                      rejected=self.stats.rejected.total(),
+                      meta_mismatch=list(item.series.mismatch))
+        now = time.time_ns()
+        timing["receive_to_publish"] = now - item.t_recv_ns
+        timing["acq_to_publish"] = now - item.t_acq_ns
+        arrays = [out.denoised, item.raw] if self.with_raw else [out.denoised]
+        names = ["denoised", "raw"] if self.with_raw else ["denoised"]
+        parts = encode_frame(arrays, parts=names, seq=item.seq, series=item.series.name,
+                             t_acq_ns=item.t_acq_ns, meta=item.series.meta or None,
+                             timing=timing, **fields)
+        t2 = time.perf_counter_ns()
+        self._send(parts)
+        t3 = time.perf_counter_ns()
+        if self.recorder is not None:
+            self.recorder.write("denoised", encode_frame(
+                out.denoised, parts=["denoised"], seq=item.seq, series=item.series.name,
+                t_acq_ns=item.t_acq_ns, meta=item.series.meta or None, timing=timing, **fields))
+        st = self.stats
+        st.counts.add("published")
+        st.rate_out.tick()
+        st.latency.add(timing["acq_to_publish"])
+        for k, v in timing.items():
+            if k in st.stages:
+                st.stages[k].add(v)
+        st.stages["send"].add(t3 - t2)
+        st.add_css("css", css)
+        st.add_css("css_raw", craw)
+        st.set_last(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
+                    series=item.series.name, seq=item.seq, meta_mismatch=list(item.series.mismatch))
+
+    def work(self) -> None:
+        while True:
+            self._drain_subscriptions()
+            item = self.queue.get(timeout=0.05)
+            if item is None:
+                if self.stop_event.is_set():
+                    break
+                continue
+            if isinstance(item, EndMarker):
+                if self._series is item.series:
+                    self._send(encode_end(item.series.name, **{k: v for k, v in item.header.items()
+                                                               if k not in ("v", "type", "series")}))
+                    self._series = None
+                continue
+            self.publish(item)
+        if self._series is not None:
+            self._send(encode_end(self._series.name, reason="stream stopped"))
