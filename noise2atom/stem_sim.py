@@ -151,7 +151,7 @@ class StemSimulator:
         ``crystal``: a rotated square lattice with vacancies and a vacuum hole whose edge atoms
         come and go. ``nanoparticle``: a compact cluster and a few adatoms on an amorphous
         support, with vacuum beyond the support's edge. ``mixed``: a crystal on the left, vacuum
-        in the middle, a cluster on support on the right.
+        in the middle, a cluster on support on the right (a grain turned a further 15 deg).
     peak_counts : float
         Mean detected counts at the peak of a full-intensity atom (the dose knob; ~1 and ~0.4 are
         the low-dose cases of the quality benchmark).
@@ -297,8 +297,8 @@ class StemSimulator:
                 prob[edge & (d >= hole_r) & (prob > 0)] = 0.85  # edge atoms: sometimes leave
             add(s, prob)
 
-        def cluster(center: np.ndarray, radius: float) -> None:
-            s = _lattice(center, radius + 2 * self.pitch_px, self.pitch_px, self.rotation_deg + 15.0)
+        def cluster(center: np.ndarray, radius: float, rot_offset: float = 0.0) -> None:
+            s = _lattice(center, radius + 2 * self.pitch_px, self.pitch_px, self.rotation_deg + rot_offset)
             rel = s - center
             ang = np.arctan2(rel[:, 0], rel[:, 1])
             outline = _wavy_radius(ang, radius, rng)
@@ -340,7 +340,7 @@ class StemSimulator:
             sedge = p + 0.55 * w + wav(rr, 0.03 * w, 1.3)
             support_region(cc > sedge)
             center = np.array([p + 0.5 * h, p + 0.78 * w])
-            cluster(center, max(0.13 * m, 2.5 * self.pitch_px))
+            cluster(center, max(0.13 * m, 2.5 * self.pitch_px), rot_offset=15.0)  # another grain
 
         self._sites = np.concatenate(sites) if sites else np.zeros((0, 2))
         self._prob = np.concatenate(dynamic) if dynamic else np.zeros(0)
