@@ -411,15 +411,19 @@ class StemSimulator:
         expected = img
         if self.scan_jitter_px > 0:  # each row shifted along x by a sub-pixel offset
             jit = np.clip(rng.normal(0, self.scan_jitter_px, h), -0.99, 0.99)[:, None]
-            right = np.concatenate([img[:, 1:], img[:, -1:]], axis=1)
-            left = np.concatenate([img[:, :1], img[:, :-1]], axis=1)
+            neighbour = np.empty_like(img)  # the pixel each row is shifted towards
+            pos_rows = (jit > 0)[:, 0]
+            neighbour[:, :-1], neighbour[:, -1] = img[:, 1:], img[:, -1]
+            neighbour[~pos_rows, 1:], neighbour[~pos_rows, 0] = img[~pos_rows, :-1], img[~pos_rows, 0]
             a = np.abs(jit)
-            expected = (1 - a) * img + a * np.where(jit > 0, right, left)
+            expected = img + a * (neighbour - img)
         lam = self.background_counts + self.peak_counts * expected
-        counts = rng.poisson(lam).astype(np.float64)
-        if self.read_noise > 0:
-            counts += rng.normal(0.0, self.read_noise, counts.shape)
-        noisy = np.clip(np.rint(self.offset_adu + self.gain * counts), 0, 65535).astype(np.uint16)
+        adu = rng.poisson(lam).astype(np.float32)
+        if self.read_noise > 0:  # float32 ziggurat normals: ~2x faster than float64 at 512²
+            adu += np.float32(self.read_noise) * rng.standard_normal(adu.shape, dtype=np.float32)
+        adu *= np.float32(self.gain)
+        adu += np.float32(self.offset_adu)
+        noisy = np.clip(np.rint(adu, out=adu), 0, 65535, out=adu).astype(np.uint16)
 
         inside = (pos[:, 0] >= 0) & (pos[:, 0] < h) & (pos[:, 1] >= 0) & (pos[:, 1] < w)
         return SimFrame(noisy=noisy, clean=clean.astype(np.float32), positions=pos[inside].copy(),
