@@ -1,1 +1,37 @@
-"""streamer."""
+"""streamer: n2a's live path — wire protocol, receive/denoise/publish pipeline, recorder, replay.
+
+``import streamer`` stays light (the viewer imports :mod:`streamer.protocol`); the pipeline, replay
+and security modules are imported on first use of their names.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .protocol import Message, ProtocolError, decode, encode_end, encode_frame, encode_start
+from .recorder import Recorder, Recording, read_recording
+
+__all__ = [
+    "CurveKeys",
+    "Message",
+    "ProtocolError",
+    "Recorder",
+    "Recording",
+    "Replay",
+    "Stream",
+    "StreamConfig",
+    "decode",
+    "encode_end",
+    "encode_frame",
+    "encode_start",
+    "read_recording",
+]
+
+_LAZY = {"Stream": "pipeline", "StreamConfig": "pipeline", "Replay": "replay",
+         "CurveKeys": "security"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'streamer' has no attribute {name!r}")

@@ -1,0 +1,207 @@
+"""``make demo``: simulated microscope -> n2a-stream (bundled model, CPU) -> viewer or a summary.
+
+Starts ``n2a-replay --simulate`` (a drifting nanoparticle on an amorphous support, low dose), then
+``n2a-stream`` with the bundled model on the CPU, and, when a display exists (``DISPLAY`` or
+``WAYLAND_DISPLAY``) and the viewer is installed, ``n2a-view`` on the stream's output. Without a
+display it runs headless: it prints the stream's once-a-second status lines and a final summary
+(frames, drops, latency, mean CSS of raw vs denoised frames). It ends by itself after ``--frames``
+frames, stops every process it started (also on Ctrl-C) and exits non-zero if anything failed.
+
+Usage::
+
+    python -m streamer.demo --frames 150 [--size 256] [--fps 10] [--headless]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+SUMMARY_PREFIX = "n2a-stream summary: "
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_pair() -> int:
+    """A port P with P+1 also free (n2a-stream's default output port)."""
+    for _ in range(50):
+        p = _free_port()
+        if p >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("found no two adjacent free ports on 127.0.0.1 (got 50 tries)")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _viewer_available() -> bool:
+    try:
+        return importlib.util.find_spec("viewer.app") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _stop(procs: list[tuple[str, subprocess.Popen]], timeout: float = 10.0) -> None:
+    """SIGTERM every child still running, then SIGKILL what is left after ``timeout``."""
+    for _, p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for _, p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m streamer.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=150, help="frames to stream (150)")
+    p.add_argument("--size", type=int, default=256, help="frame side in pixels (256)")
+    p.add_argument("--fps", type=float, default=10.0, help="simulated frame rate (10)")
+    p.add_argument("--peak-counts", type=float, default=1.0, help="dose: counts at an atom peak")
+    p.add_argument("--drift", type=float, default=0.1, help="drift in px/frame (0.1)")
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--engine", default="onnxruntime", help="engine back end (onnxruntime: CPU)")
+    p.add_argument("--headless", action="store_true", help="never start the viewer")
+    p.add_argument("--record", help="also record raw and denoised frames to this directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns 0 when every process ran and ended cleanly."""
+    args = _parser().parse_args(argv)
+    if args.frames < 1:
+        _parser().error(f"--frames must be >= 1 (got {args.frames})")
+    if args.fps <= 0:
+        _parser().error(f"--fps must be > 0 (got {args.fps})")
+    env = _env()
+    py = sys.executable
+    port = _free_pair()
+    procs: list[tuple[str, subprocess.Popen]] = []
+    summary: dict = {}
+    failures: list[str] = []
+    interrupted = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        interrupted.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        replay = subprocess.Popen(
+            [py, "-m", "streamer.replay", "--simulate", "--size", str(args.size),
+             "--scene", "nanoparticle", "--peak-counts", str(args.peak_counts),
+             "--drift", str(args.drift), "--fps", str(args.fps), "--count", str(args.frames),
+             "--port", str(port), "--wait-subscribers", "1", "--wait-timeout", "120",
+             "--series", "demo"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(("n2a-replay", replay))
+        first = replay.stdout.readline()
+        try:
+            endpoint = json.loads(first)["endpoint"]
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"n2a-replay did not report its endpoint (got {first!r}; "
+                               f"stderr {replay.stderr.read()[-500:]!r})") from e
+        cmd = [py, "-m", "streamer.cli", "--source", endpoint, "--out-port", str(port + 1),
+               "--engine", args.engine, "--exit-on-end"]
+        if args.model:
+            cmd += ["--model", args.model]
+        if args.record:
+            cmd += ["--record", args.record]
+        stream = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        procs.append(("n2a-stream", stream))
+        print(f"demo: n2a-replay {endpoint} ({args.frames} frames of {args.size}² at "
+              f"{args.fps:g} fps) -> n2a-stream -> tcp://127.0.0.1:{port + 1}", flush=True)
+        if not args.headless and _has_display() and _viewer_available():
+            viewer = subprocess.Popen([py, "-m", "viewer.app", "--port", str(port + 1)], env=env)
+            procs.append(("n2a-view", viewer))
+            print("demo: viewer started (close it or press Ctrl-C to end early)", flush=True)
+        else:
+            print("demo: headless (no display or no viewer): status lines follow", flush=True)
+
+        def relay() -> None:
+            for line in stream.stderr:
+                line = line.rstrip("\n")
+                if line.startswith(SUMMARY_PREFIX):
+                    summary.update(json.loads(line[len(SUMMARY_PREFIX):]))
+                else:
+                    print(line, flush=True)
+
+        relay_thread = threading.Thread(target=relay, daemon=True)
+        relay_thread.start()
+        deadline = time.monotonic() + args.frames / args.fps + 300
+        while stream.poll() is None:
+            if interrupted.is_set():
+                failures.append("interrupted")
+                break
+            if time.monotonic() > deadline:
+                failures.append("n2a-stream did not finish in time")
+                break
+            if replay.poll() not in (None, 0):
+                failures.append(f"n2a-replay exited with {replay.returncode}: "
+                                f"{replay.stderr.read()[-500:]}")
+                break
+            time.sleep(0.2)
+        _stop(procs)
+        relay_thread.join(10)
+    except (RuntimeError, OSError) as e:
+        failures.append(str(e))
+    finally:
+        _stop(procs)
+        for s, h in old.items():
+            signal.signal(s, h)
+    for name, p in procs:
+        if name != "n2a-view" and p.returncode not in (0, None) and not interrupted.is_set():
+            failures.append(f"{name} exited with {p.returncode}")
+    if summary:
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        print(f"demo summary: {summary['published']} of {args.frames} frames denoised, "
+              f"{summary['dropped']} dropped, {summary['gaps']} lost upstream; latency p50 "
+              f"{f(summary['latency_p50_ms'], '.1f')} ms, p99 {f(summary['latency_p99_ms'], '.1f')}"
+              f" ms; mean CSS raw {f(summary['css_raw_mean'], '.3f')} -> denoised "
+              f"{f(summary['css_mean'], '.3f')}; engine {summary['engine']}", flush=True)
+        if summary["published"] == 0:
+            failures.append("no frame was denoised")
+    else:
+        failures.append("n2a-stream printed no summary")
+    if failures:
+        print("demo FAILED: " + "; ".join(dict.fromkeys(failures)), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
