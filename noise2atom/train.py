@@ -1,0 +1,346 @@
+"""The trainer behind ``n2a-train``: Noise2Atom (GAN + cycle), blind-spot, and hybrid.
+
+``noise2atom`` follows the authors' code (method spec §4): per iteration, one batch
+of noisy patches x and simulated clear patches y; 5 WGAN-GP critic updates on that
+same batch; one adversarial update of G; one cycle update of G and F with
+``MAE(L(F(G(x))), L(x)) + MAE(y, G(F(y)))``. RMSprop(lr 5e-5, alpha 0.9, eps 1e-7),
+one optimiser each for D, G (stepped by both G updates) and F; batch 3.
+
+``blindspot`` trains G alone on the noisy frames with masked-pixel
+self-supervision (:mod:`noise2atom.blindspot`); Adam, lr 1e-3.
+
+``hybrid`` is ``noise2atom`` plus ``fidelity_weight`` times the blind-spot loss of
+G in the cycle update, so the data keeps the atom prior honest.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from noise2atom.blindspot import blindspot_loss, make_blindspot_batch
+from noise2atom.checkpoint import (
+    CheckpointError,
+    ModelConfig,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+)
+from noise2atom.models import Critic, LowPass, build_generator
+from noise2atom.train_data import TrainingData
+
+__all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError"]
+
+Method = Literal["noise2atom", "blindspot", "hybrid"]
+
+
+class ResumeError(ValueError):
+    """``--resume`` cannot continue from the given files."""
+
+
+class TrainOptions(BaseModel):
+    """Training options (recorded in the checkpoint's ``train`` field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "blindspot"
+    size: Literal["paper", "lite"] = "lite"
+    iterations: int | None = Field(default=None, ge=1, description="total iterations to reach")
+    minutes: float | None = Field(default=None, gt=0, description="wall-clock budget of this run")
+    patch: int = Field(default=64, ge=16)
+    batch: int = Field(default=16, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+    lr: float | None = Field(default=None, gt=0, description="None: 5e-5 (GAN methods), 1e-3 (blindspot)")
+    critic_steps: int = Field(default=5, ge=1)
+    gp_weight: float = Field(default=10.0, ge=0)
+    fidelity_weight: float = Field(default=1.0, ge=0, description="hybrid: weight of the blind-spot term")
+    bs_loss: Literal["auto", "poisson", "mse"] = "auto"
+    bs_spacing: int = Field(default=8, ge=2)
+    bs_half_width: int = Field(default=2, ge=0)
+    preview_every: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=0, ge=0)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: iterations reached, per-iteration losses, time, whether interrupted."""
+
+    iteration: int
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    model_path: Path | None = None
+
+    @property
+    def its_per_s(self) -> float:
+        return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Trainer:
+    """Holds the networks, optimisers and RNGs of one training run.
+
+    Parameters
+    ----------
+    options : TrainOptions
+    data : TrainingData
+    prior : pydantic model or None
+        The target-domain prior (``noise2atom.target_sim.TargetPrior``); required
+        by the ``noise2atom`` and ``hybrid`` methods.
+    """
+
+    def __init__(self, *, options: TrainOptions, data: TrainingData, prior: Any = None) -> None:
+        self.options = o = options
+        self.data = data
+        self.prior = prior
+        self.device = torch.device(o.device)
+        self.iteration = 0
+        self.elapsed_s = 0.0
+        self.rng = np.random.default_rng(o.seed)
+        torch.manual_seed(o.seed)
+        gan = o.method in ("noise2atom", "hybrid")
+        if gan and prior is None:
+            raise ValueError(f"method {o.method!r} needs a target prior (got None)")
+        self.G = build_generator(o.size).to(self.device).train()
+        if gan:
+            lr = o.lr or 5e-5
+            self.F = build_generator(o.size).to(self.device).train()
+            self.D = Critic(patch=o.patch).to(self.device).train()
+            self.L = LowPass().to(self.device)
+
+            def rms(params):
+                return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7)
+
+            self.opt_G, self.opt_F, self.opt_D = rms(self.G.parameters()), rms(self.F.parameters()), \
+                rms(self.D.parameters())
+        else:
+            self.F = self.D = self.L = None
+            self.opt_G = torch.optim.Adam(self.G.parameters(), lr=o.lr or 1e-3)
+            self.opt_F = self.opt_D = None
+        self.bs_loss = o.bs_loss
+        if self.bs_loss == "auto":
+            self.bs_loss = "poisson" if data.counts is not None else "mse"
+        if self.bs_loss == "poisson" and data.counts is None:
+            raise ValueError("the poisson blind-spot loss needs the detector gain and offset "
+                             "(got none: pass --gain and --offset, or use --bs-loss mse)")
+
+    # ------------------------------------------------------------------ steps
+    def _to_counts(self, y: torch.Tensor) -> torch.Tensor:
+        gain, offset = self.data.counts
+        return (self.data.normalisation.to_raw(y) - offset) / gain
+
+    def _blindspot_term(self, x_target: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        masked, mask = make_blindspot_batch(x_target.clamp(-1, 1), spacing=o.bs_spacing,
+                                            half_width=o.bs_half_width)
+        pred = self.G(masked)
+        return blindspot_loss(pred, x_target, mask, kind=self.bs_loss, to_counts=self._to_counts)
+
+    def _clear_batch(self, n: int) -> torch.Tensor:
+        from noise2atom.target_sim import simulate_clear
+
+        y = simulate_clear(n, self.options.patch, self.prior, self.rng)
+        return torch.from_numpy(np.asarray(y, np.float32)[:, None] * 2 - 1).to(self.device)
+
+    def step(self) -> dict[str, float]:
+        """One training iteration; returns its losses."""
+        o = self.options
+        gan = o.method != "blindspot"
+        raw = self.data.sample(o.batch, o.patch, self.rng, consecutive=gan, flips=not gan)
+        x_target = torch.from_numpy(raw).to(self.device)
+        if not gan:
+            loss = self._blindspot_term(x_target)
+            self.opt_G.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_G.step()
+            self.iteration += 1
+            return {"bs": loss.item()}
+
+        x = x_target.clamp(-1, 1)
+        y = self._clear_batch(o.batch)
+        G, F, D, L = self.G, self.F, self.D, self.L
+        # 1. critic (WGAN-GP), several updates on the same batch, G frozen.
+        with torch.no_grad():
+            fake = G(x)
+        for _ in range(o.critic_steps):
+            # Deliberate fix: alpha per sample (standard WGAN-GP); the authors drew it per pixel.
+            alpha = torch.rand(x.shape[0], 1, 1, 1, device=self.device)
+            xh = (alpha * y + (1 - alpha) * fake).requires_grad_(True)
+            # One critic pass over [real, fake, interpolated] (cheaper than three).
+            d_real, d_fake, d_h = D(torch.cat([y, fake, xh])).split(x.shape[0])
+            grad, = torch.autograd.grad(d_h.sum(), xh, create_graph=True)
+            gp = (1 - grad.flatten(1).norm(dim=1)).pow(2).mean()
+            w_dist = d_fake.mean() - d_real.mean()
+            loss_d = w_dist + o.gp_weight * gp
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_D.step()
+        # 2. adversarial G update, D frozen (but in training mode: dropout on, as in Keras).
+        D.requires_grad_(False)
+        loss_adv = -D(G(x)).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_adv.backward()
+        self.opt_G.step()
+        D.requires_grad_(True)
+        # 3. cycle update of G and F (noisy side compared after the low-pass filter).
+        loss_cyc = (L(F(G(x))) - L(x)).abs().mean() + (y - G(F(y))).abs().mean()
+        total = loss_cyc
+        out = {"d": loss_d.item(), "w": w_dist.item(), "adv": loss_adv.item(), "cyc": loss_cyc.item()}
+        if o.method == "hybrid":
+            fid = self._blindspot_term(x_target)
+            total = total + o.fidelity_weight * fid
+            out["bs"] = fid.item()
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_F.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_G.step()
+        self.opt_F.step()
+        self.iteration += 1
+        return out
+
+    # ------------------------------------------------------------ save / load
+    def model_config(self) -> ModelConfig:
+        prior = self.prior.model_dump(mode="json") if self.prior is not None else None
+        return ModelConfig(size=self.options.size, method=self.options.method,
+                           normalisation=self.data.normalisation, prior=prior,
+                           data=self.data.fingerprint, iteration=self.iteration,
+                           train=self.options.model_dump(mode="json"))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint and its resume side file (a consistent snapshot)."""
+        path = save_checkpoint(path, self.model_config(), self.G.state_dict())
+        state: dict[str, Any] = {
+            "iteration": self.iteration,
+            "elapsed_s": float(self.elapsed_s),
+            "method": self.options.method,
+            "size": self.options.size,
+            "patch": self.options.patch,
+            "fingerprint": self.data.fingerprint.sha256,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "opt_G": self.opt_G.state_dict(),
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.F is not None:
+            state.update(F=self.F.state_dict(), D=self.D.state_dict(),
+                         opt_F=self.opt_F.state_dict(), opt_D=self.opt_D.state_dict())
+        save_train_state(path, state)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Continue exactly from a checkpoint written by :meth:`save`."""
+        try:
+            ckpt = load_checkpoint(path)
+            state = load_train_state(path)
+        except CheckpointError as e:
+            raise ResumeError(str(e)) from e
+        o = self.options
+        for key, have in (("method", o.method), ("size", o.size), ("patch", o.patch)):
+            if state.get(key) != have:
+                raise ResumeError(f"{path}: cannot resume, it was trained with {key} "
+                                  f"{state.get(key)!r} (got {have!r})")
+        if state.get("fingerprint") != self.data.fingerprint.sha256:
+            raise ResumeError(f"{path}: cannot resume on other training frames (expected data "
+                              f"sha256 {str(state.get('fingerprint'))[:12]}…, got "
+                              f"{self.data.fingerprint.sha256[:12]}…)")
+        self.G.load_state_dict(ckpt.state_dict)
+        self.opt_G.load_state_dict(state["opt_G"])
+        if self.F is not None:
+            self.F.load_state_dict(state["F"])
+            self.D.load_state_dict(state["D"])
+            self.opt_F.load_state_dict(state["opt_F"])
+            self.opt_D.load_state_dict(state["opt_D"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.iteration = int(state["iteration"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+
+    # ---------------------------------------------------------------- preview
+    @torch.no_grad()
+    def write_preview(self, path: str | Path) -> Path:
+        """PNG of the first frame's centre crop: noisy | denoised."""
+        from PIL import Image
+
+        noisy = np.clip(self.data.preview_frame(), -1, 1)
+        self.G.eval()
+        den = self.G(torch.from_numpy(noisy)[None, None].to(self.device))[0, 0].cpu().numpy()
+        self.G.train()
+        pair = np.concatenate([noisy, np.full((noisy.shape[0], 4), 1.0, np.float32), den], axis=1)
+        img = np.clip((pair + 1) * 127.5, 0, 255).astype(np.uint8)
+        path = Path(path)
+        Image.fromarray(img).save(path)
+        return path
+
+    # -------------------------------------------------------------------- run
+    def run(self, out: str | Path, *, progress: bool = True,
+            log: Callable[[str], None] | None = None) -> TrainResult:
+        """Train until ``iterations`` or ``minutes`` is reached, or Ctrl-C; save at the end.
+
+        Ctrl-C (SIGINT) is caught between iterations, so the saved checkpoint is a
+        consistent snapshot from which ``--resume`` continues exactly.
+        """
+        from tqdm import tqdm
+
+        o = self.options
+        out = Path(out)
+        if o.iterations is None and o.minutes is None:
+            raise ValueError("give iterations or minutes (got neither)")
+        log = log or (lambda s: tqdm.write(s))
+        result = TrainResult(iteration=self.iteration, model_path=out)
+        stop = {"flag": False}
+
+        def on_sigint(signum, frame):
+            stop["flag"] = True
+
+        try:
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not in the main thread
+            old_handler = None
+        total = o.iterations
+        bar = tqdm(total=total, initial=self.iteration, disable=not progress, unit="it",
+                   dynamic_ncols=True, smoothing=0.1)
+        t0 = run_start = time.perf_counter()
+        deadline = t0 + o.minutes * 60 if o.minutes is not None else math.inf
+        try:
+            while not stop["flag"]:
+                if total is not None and self.iteration >= total:
+                    break
+                if time.perf_counter() >= deadline:
+                    break
+                losses = self.step()
+                result.losses.append(losses)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+                if o.checkpoint_every and self.iteration % o.checkpoint_every == 0:
+                    self.elapsed_s += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save(out)
+                    recent = result.losses[-o.checkpoint_every:]
+                    mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
+                    log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())
+                        + f"; saved {out}")
+                if o.preview_every and self.iteration % o.preview_every == 0:
+                    self.write_preview(out.with_name(out.stem + ".preview.png"))
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        self.elapsed_s += time.perf_counter() - t0
+        result.interrupted = stop["flag"]
+        result.iteration = self.iteration
+        result.seconds = time.perf_counter() - run_start  # this run only
+        self.save(out)
+        if o.preview_every:
+            self.write_preview(out.with_name(out.stem + ".preview.png"))
+        return result
