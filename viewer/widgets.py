@@ -8,7 +8,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-__all__ = ["COLORMAPS", "ImagePanel", "CssPlot", "robust_levels", "colormap", "format_value"]
+__all__ = ["COLORMAPS", "FrameImageItem", "ImagePanel", "CssPlot", "robust_levels", "colormap", "format_value"]
 
 #: Colour maps offered in the viewer; "grey" first (the default for STEM images).
 COLORMAPS = ("grey", "viridis", "inferno", "magma", "cividis")
@@ -55,6 +55,44 @@ def format_value(value: float | int) -> str:
     return f"{float(value):.4g}"
 
 
+class FrameImageItem(pg.ImageItem):
+    """An `ImageItem` whose rendering cost follows the screen, not the frame, and that counts renders.
+
+    When the view shows fewer screen pixels than the image has, it converts only every k-th row and
+    column (k = image pixels per screen pixel, rounded down) to a QImage and lets Qt stretch it over
+    the full-size rectangle. Qt's default (non-smooth) scaling samples nearest pixels anyway, so the
+    picture is the same while the LUT and the draw touch k² times fewer pixels. Zooming in re-renders
+    at full resolution. `image` always holds the full frame (readout, histogram, snapshot use it).
+    `renders` lets tests and benchmarks prove that frames were really drawn.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.renders = 0
+        self._stride = 1
+        super().__init__(*args, **kwargs)
+
+    def _screen_stride(self) -> int:
+        xds, yds = self._computeDownsampleFactors()
+        return max(1, min(int(xds), int(yds)))
+
+    def render(self, *args, **kwargs):
+        self.renders += 1
+        full = self.image
+        self._stride = k = self._screen_stride() if full is not None else 1
+        if k > 1:
+            self.image = full[::k, ::k]
+        try:
+            return super().render(*args, **kwargs)
+        finally:
+            self.image = full
+
+    def viewTransformChanged(self) -> None:
+        super().viewTransformChanged()
+        if self.image is not None and self._screen_stride() != self._stride:
+            self._renderRequired = True
+            self.update()
+
+
 class ImagePanel(pg.GraphicsLayoutWidget):
     """One image (row-major, row 0 at the top) with a title and a histogram / contrast control.
 
@@ -69,9 +107,11 @@ class ImagePanel(pg.GraphicsLayoutWidget):
         self.view: pg.ViewBox = self.addViewBox(row=1, col=0)
         self.view.setAspectLocked(True)
         self.view.invertY(True)
-        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.image_item = FrameImageItem(axisOrder="row-major")
         self.view.addItem(self.image_item)
         self.histogram = pg.HistogramLUTItem(image=self.image_item)
+        # The histogram is recomputed on request (a few times a second), not on every new frame.
+        self.image_item.sigImageChanged.disconnect(self.histogram.imageChanged)
         self.addItem(self.histogram, row=1, col=1)
         self.set_colormap("grey")
 
@@ -90,6 +130,11 @@ class ImagePanel(pg.GraphicsLayoutWidget):
         else:
             self.image_item.setImage(image, autoLevels=False)
 
+    def refresh_histogram(self) -> None:
+        """Recompute the histogram of the current image (levels unchanged)."""
+        if self.image is not None:
+            self.histogram.imageChanged(autoLevel=False)
+
     def auto_levels(self) -> None:
         """Fit the levels to the current image (robust percentiles)."""
         image = self.image
@@ -97,7 +142,7 @@ class ImagePanel(pg.GraphicsLayoutWidget):
             return
         lo, hi = robust_levels(image)
         self.histogram.setLevels(lo, hi)
-        self.histogram.autoHistogramRange()
+        self.refresh_histogram()
 
     def levels(self) -> tuple[float, float] | None:
         """The current display levels."""
@@ -164,7 +209,7 @@ class CssPlot(QtWidgets.QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setLabel("bottom", "frame")
         self.plot.setLabel("left", "CSS")
-        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        # No grid: grid lines are painted with the axes, and cost more than everything else here.
         self.plot.addLegend(offset=(10, 5))
         self.denoised_curve = self.plot.plot([], [], pen=pg.mkPen(DENOISED_PEN, width=2), name="denoised")
         self.raw_curve = self.plot.plot([], [], pen=pg.mkPen(RAW_PEN, width=2), name="raw")

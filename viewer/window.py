@@ -57,6 +57,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         Frames kept in the rolling CSS plot.
     snapshot_dir : Path
         Where snapshots go (created on demand; changeable from the toolbar).
+    slow_refresh_s : float
+        Minimum interval between redraws of the histograms, the CSS plot and the status bar (the
+        images follow every displayed frame).
     """
 
     #: Emitted (GUI thread) after each displayed frame with the number of frames shown so far.
@@ -64,7 +67,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def __init__(self, *, source: FrameSource | None, refresh_ms: int = 10,
                  silence_timeout_s: float = 5.0, history: int = 600,
-                 snapshot_dir: Path = Path("n2a-snapshots"),
+                 snapshot_dir: Path = Path("n2a-snapshots"), slow_refresh_s: float = 0.25,
                  parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         if refresh_ms < 0:
@@ -75,6 +78,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.address = source.address if source is not None else "(no source)"
         self.silence_timeout_s = float(silence_timeout_s)
         self.snapshot_dir = Path(snapshot_dir)
+        self.slow_refresh_s = float(slow_refresh_s)
         self.setWindowTitle(f"n2a-view — {self.address}")
 
         self.current: ReceivedFrame | None = None
@@ -84,7 +88,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.update_costs_ns: collections.deque[int] = collections.deque(maxlen=10_000)
         self._display_rate = RateMeter(window_s=2.0)
         self._status: ReceiverStatus | None = None
-        self._last_status_refresh = 0.0
+        self._last_slow_refresh = 0.0
+        self._slow_dirty = False
+        self._last_header: FrameHeader | None = None
         self._closed = False
         self._plot_series: str | None = None
 
@@ -179,7 +185,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.paused = bool(paused)
         if self.pause_action.isChecked() != self.paused:
             self.pause_action.setChecked(self.paused)
-        self._refresh_status(force=True)
+        self._refresh_slow(force=True)
 
     def auto_levels(self) -> None:
         """Fit both images' levels to the frames on screen (levels then stay fixed again)."""
@@ -203,6 +209,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             raise RuntimeError("nothing to save yet: no frame has been shown (got none)")
         folder = Path(folder) if folder is not None else self.snapshot_dir
         folder.mkdir(parents=True, exist_ok=True)
+        self.flush()
         stem = snapshot_stem(frame.series, frame.seq)
         written = []
         for name, image in (("raw", frame.raw), ("denoised", frame.denoised)):
@@ -254,7 +261,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
                 self._add_headers(headers)
         self._status = self._source.status()
         self._update_state(self._status)
-        self._refresh_status(force=shown)
+        self._refresh_slow()
         return shown
 
     def show_frame(self, frame: ReceivedFrame, *, headers: list[FrameHeader] | None = None) -> None:
@@ -277,6 +284,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._add_headers(headers)
         self.frames_shown += 1
         self._display_rate.add(time.monotonic())
+        self._refresh_slow()
         self.update_costs_ns.append(time.perf_counter_ns() - t0)
         self.frame_shown.emit(self.frames_shown)
 
@@ -290,8 +298,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
                                  css_mean=h.get("css_mean"), css_raw_mean=h.get("css_raw_mean"),
                                  window=h.get("css_window"), refresh=False)
         if headers:
-            self.css_plot.refresh()
-            self._refresh_frame_labels(headers[-1])
+            self._last_header = headers[-1]
+            self._slow_dirty = True
 
     # ----------------------------------------------------------------------------- state
 
@@ -344,11 +352,29 @@ class ViewerWindow(QtWidgets.QMainWindow):
         else:
             lab["mismatch"].hide()
 
-    def _refresh_status(self, *, force: bool = False) -> None:
+    def _refresh_slow(self, *, force: bool = False) -> None:
+        """Redraw what need not follow every frame (histograms, CSS plot, status bar) at most every
+        `slow_refresh_s`: they cost more to paint than the images, and a human reads them at a few Hz.
+        """
         now = time.monotonic()
-        if not force and now - self._last_status_refresh < 0.25:
+        if not force and now - self._last_slow_refresh < self.slow_refresh_s:
             return
-        self._last_status_refresh = now
+        self._last_slow_refresh = now
+        if self._slow_dirty:
+            self._slow_dirty = False
+            self.raw_panel.refresh_histogram()
+            self.denoised_panel.refresh_histogram()
+            self.css_plot.refresh()
+            if self._last_header is not None:
+                self._refresh_frame_labels(self._last_header)
+        self._refresh_status()
+
+    def flush(self) -> None:
+        """Bring the histograms, CSS plot and status bar up to date now (before a snapshot)."""
+        self._refresh_slow(force=True)
+
+    def _refresh_status(self) -> None:
+        now = time.monotonic()
         lab = self.status_labels
         state = "PAUSED" if self.paused else self.state
         _set_warn(lab["state"], state, self.paused)

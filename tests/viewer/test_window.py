@@ -91,12 +91,14 @@ def test_after_n_frames_images_and_css_hold_frame_n(qtbot, make_window, publishe
     np.testing.assert_array_equal(seq, np.arange(n))
     np.testing.assert_array_equal(css_raw, want_raw)
     np.testing.assert_array_equal(css, want_den)
-    x, y = window.css_plot.denoised_curve.getData()
-    np.testing.assert_array_equal(y, want_den)
+    # The curves, big labels and status bar follow at a few Hz.
+    qtbot.waitUntil(lambda: len(window.css_plot.denoised_curve.getData()[1]) == n)
+    np.testing.assert_array_equal(window.css_plot.denoised_curve.getData()[1], want_den)
+    np.testing.assert_array_equal(window.css_plot.raw_curve.getData()[1], want_raw)
     assert f"{sent[-1][2]['css']:.3f}" in window.css_plot.denoised_label.text()
     assert f"{sent[-1][2]['css_raw']:.3f}" in window.css_plot.raw_label.text()
     assert window.state == "live" and not window.banner.isVisible()
-    assert window.status_labels["frame"].text() == f"frame {n - 1}"
+    qtbot.waitUntil(lambda: window.status_labels["frame"].text() == f"frame {n - 1}")
     assert window.status_labels["series"].text() == "series s1"
     assert "test-model" in window.status_labels["engine"].text()
     # Skipped displays are counted and shown, and shown + skipped accounts for every frame.
@@ -110,7 +112,7 @@ def test_status_bar_shows_drops_and_gaps_from_headers(qtbot, make_window, publis
     subscribe(publisher, receiver)
     send_series(publisher, 3, dropped=0, gaps=0)
     qtbot.waitUntil(lambda: window.current is not None and window.current.seq == 2)
-    assert window.status_labels["dropped"].text() == "dropped 0"
+    qtbot.waitUntil(lambda: window.status_labels["dropped"].text() == "dropped 0")
     assert "background-color" not in window.status_labels["dropped"].styleSheet()
     send_series(publisher, 2, first=3, dropped=7, gaps=2, meta_mismatch=["pixel_size_nm", "dwell_time_us"])
     qtbot.waitUntil(lambda: window.status_labels["dropped"].text() == "dropped 7")

@@ -1,0 +1,71 @@
+"""`n2a-view` as a program: arguments, and a real run that takes a screenshot offscreen."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6 import QtGui
+
+from viewer.app import main
+from viewer.receiver import FrameReceiver, normalise_address
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bad_arguments_fail_with_a_clear_message(capsys):
+    assert main(["--port", "70000"]) == 2
+    assert "--port must be in 1..65535 (got 70000)" in capsys.readouterr().err
+    assert main(["--source", "nohost:"]) == 2
+    assert "(got 'nohost:')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])  # --port or --source is required
+
+
+def test_normalise_address():
+    assert normalise_address("5556") == "tcp://127.0.0.1:5556"
+    assert normalise_address("pc:5556") == "tcp://pc:5556"
+    assert normalise_address("tcp://10.0.0.2:7") == "tcp://10.0.0.2:7"
+    with pytest.raises(ValueError, match=r"got 'a:b'"):
+        normalise_address("a:b")
+
+
+def test_receiver_stop_is_bounded_and_restart_refused():
+    rx = FrameReceiver(address="tcp://127.0.0.1:9", poll_ms=10).start()
+    assert rx.status().running
+    t0 = time.monotonic()
+    rx.stop(timeout=2.0)
+    assert time.monotonic() - t0 < 2.0
+    assert not rx.status().running and rx.status().error is None
+
+
+def test_n2a_view_screenshot_from_a_live_socket(publisher, tmp_path, make_frame):
+    png = tmp_path / "shot.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "viewer.app", "--port", str(publisher.port), "--size", "900x600",
+         "--screenshot", str(png), "--screenshot-after", "5", "--timeout", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        i = 0
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            raw, den = make_frame(i)
+            publisher.frame(raw, den, seq=i, series="cli")
+            i += 1
+            time.sleep(0.05)
+        out = proc.communicate(timeout=15)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert f"saved {png}" in out
+    image = QtGui.QImage(str(png))
+    assert not image.isNull() and (image.width(), image.height()) == (900, 600)
+    pixels = np.array([QtGui.QColor(image.pixel(x, y)).value() for x in range(0, 900, 30) for y in range(0, 600, 30)])
+    assert pixels.std() > 10  # not a blank window
