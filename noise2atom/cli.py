@@ -97,10 +97,15 @@ def _prior(args: argparse.Namespace, data, log) -> Any:
 
         try:
             est = estimate_prior(data.stacks[0])
-        except ValueError as e:
+        except ValueError as e:  # PriorEstimateError is a ValueError
             raise UsageError(f"--estimate-prior failed: {e}") from e
-        log(f"{PROG}: estimated prior from the frames: {est}")
-        values.update(_estimate_fields(est))
+        log(f"{PROG}: estimated prior from the frames: pitch {est.pitch_px:.2f} px, blob std "
+            f"{est.sigma_px:.2f} px, rotation {est.rotation_deg:.1f} deg (peak ratio "
+            f"{est.peak_ratio:.1f}, {est.n_orders} orders)")
+        if not est.reliable:
+            log(f"{PROG}: warning: the estimate is unreliable (no clear lattice found); "
+                "check it, or give --pitch/--sigma-min/--sigma-max")
+        values.update(est.target_prior_kwargs())
     default = TargetPrior()
     if args.pitch is not None:
         values["pitch_px"] = args.pitch
@@ -120,17 +125,6 @@ def _prior(args: argparse.Namespace, data, log) -> Any:
         raise UsageError(f"invalid target-simulator parameters: {e}".replace("\n", " ")) from e
     log(f"{PROG}: target prior {prior.model_dump(mode='json')}")
     return prior
-
-
-def _estimate_fields(est: Any) -> dict[str, Any]:
-    """TargetPrior fields from a prior estimate (an object with a ``to_prior`` or fields)."""
-    if hasattr(est, "to_prior"):
-        return est.to_prior().model_dump(exclude_unset=True)
-    fields = {}
-    for name in ("pitch_px", "sigma_px", "rotation_deg"):
-        if getattr(est, name, None) is not None:
-            fields[name] = getattr(est, name)
-    return fields
 
 
 def _run(argv: Sequence[str] | None) -> int:
