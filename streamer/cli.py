@@ -78,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--policy", choices=["latest", "block"], default="latest",
                      help="engine behind: keep the newest frames and count drops (latest), or "
                           "push back on a PUSH source (block, needs --pattern pull)")
-    eng.add_argument("--max-queue", type=_positive_int, default=2,
-                     help="frames waiting for the engine before the policy acts (2)")
+    eng.add_argument("--max-queue", type=_positive_int, default=4,
+                     help="frames waiting for the engine before the policy acts (4)")
     eng.add_argument("--css-window", type=_positive_int, default=10,
                      help="rolling CSS window in frames (10)")
     eng.add_argument("--denoise-delay-ms", type=float, default=0.0,
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = Stream(config=config)
     try:
         stream.start()
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # a bad model, back end or address: say so, no traceback
         print(f"n2a-stream: cannot start: {e}", file=sys.stderr)
         return 2
     print(f"n2a-stream: {config.source} -> {stream.out_endpoint} ({stream.engine_name}, "

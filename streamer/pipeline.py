@@ -32,6 +32,8 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from noise2atom.metrics import RollingCSS
+
 from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
 from .stats import StreamStats
@@ -61,7 +63,7 @@ class StreamConfig(BaseModel):
     engine: str = Field(default="auto", description="engine back end (auto, onnxruntime, ...)")
     device: str | None = Field(default=None, description="engine device (default: back end's)")
     css_window: int = Field(default=10, ge=1, le=10_000, description="rolling CSS window")
-    max_queue: int = Field(default=2, ge=1, le=10_000,
+    max_queue: int = Field(default=4, ge=1, le=10_000,
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")
     max_frame_bytes: int = Field(default=64 << 20, ge=1, description="larger frames are rejected")
@@ -214,6 +216,9 @@ class Stream:
         self.model_id = str(info.get("model", ""))
         self.engine_name = "/".join(str(info.get(k)) for k in ("backend", "device", "precision")
                                     if info.get(k) is not None)
+        # The first inference pays for lazy set-up (memory arenas, kernels): pay it before frames
+        # arrive rather than dropping the first frames of a series while it runs.
+        self.engine.infer(np.zeros((1, 64, 64), np.float32))
 
     def start(self) -> Stream:
         """Open the engine, recorder and sockets, and start the three stages."""
@@ -264,8 +269,6 @@ class Stream:
             raise
         norm = self.engine.config.normalisation
         model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
-        from noise2atom.metrics import RollingCSS
-
         def make_css() -> tuple[RollingCSS, RollingCSS]:
             return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
                     RollingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
@@ -287,6 +290,13 @@ class Stream:
                               make_css=make_css, engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
                               recorder=self.recorder)
+        # Connect last: a PUB source may start sending as soon as we subscribe.
+        try:
+            self._in_sock.connect(cfg.source)
+        except zmq.ZMQError as e:
+            self._close_resources()
+            raise ValueError(f"n2a-stream cannot connect to {cfg.source} (expected a ZeroMQ "
+                             f"address like tcp://HOST:PORT; got {e})") from e
         self._threads = [receiver, denoiser, publisher]
         self._t_start = time.monotonic()
         for t in self._threads:
