@@ -71,3 +71,31 @@ def test_score_outputs_rejects_a_wrong_number_of_frames():
     s = simulate_series(2, shape=(32, 32), scene="crystal", seed=1)
     with pytest.raises(ValueError, match=r"one output per scored frame.*\(got \(1, 32, 32\)\)"):
         scoring.score_outputs(np.zeros((1, 32, 32)), s, detector=scoring.DetectorSettings.from_meta(s.meta))
+
+
+def _case(report, dose, rows):
+    scoring = _load("quality_scoring")
+    case = report.CaseResult(dose=dose, scene="crystal", settings={})
+    for key, (ssim, f1, false) in rows.items():
+        sc = scoring.Scores(psnr_db=20.0, ssim=ssim, css=0.5, f1=f1, precision=f1, recall=f1, rmse_px=0.5,
+                            false_per_100nm2=false, n_false_vacuum=false / 10, ms_per_frame=1.0)
+        case.methods.append(report.MethodResult(key=key, label=key, scores=sc))
+    return case
+
+
+def test_verdict_judges_n2a_against_bm3d_at_the_lowest_dose_where_atoms_are_found():
+    report = _load("quality_report")
+    cases = [
+        # dose 0.2: nobody finds atoms (F1 < 0.5), so the test moves on to dose 1
+        _case(report, 0.2, {"bm3d": (0.1, 0.3, 50.0), "n2a-blindspot": (0.2, 0.4, 0.0), "n2a-hybrid": (0.3, 0.45, 0.0)}),
+        # dose 1: blindspot beats BM3D on all three; hybrid has higher SSIM/F1 but more false atoms
+        _case(report, 1.0, {"bm3d": (0.4, 0.8, 5.0), "n2a-blindspot": (0.6, 0.9, 5.0), "n2a-hybrid": (0.7, 0.95, 9.0)}),
+        _case(report, 4.0, {"bm3d": (0.9, 0.99, 0.0), "n2a-blindspot": (0.8, 0.98, 0.0), "n2a-hybrid": (0.8, 0.9, 0.0)}),
+    ]
+    lines = report.verdict(cases)
+    bs = next(s for s in lines if s.startswith("- crystal, n2a-blindspot"))
+    hy = next(s for s in lines if s.startswith("- crystal, n2a-hybrid"))
+    assert "at dose 1:" in bs and "**passes**" in bs and "(+0.200)" in bs
+    assert "at dose 1:" in hy and "**does not pass**" in hy
+    # the per-case winners come from the numbers: at dose 4 BM3D wins SSIM by 0.1
+    assert any(s.startswith("- dose 4 counts") and "best SSIM bm3d (0.900, +0.100" in s for s in lines)
