@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--simulate", action="store_true")
     g.add_argument("--sim-size", type=int, default=256, help="frame side")
     g.add_argument("--sim-frames", type=int, default=40)
-    g.add_argument("--sim-peak-counts", type=float, default=1.0, help="counts at a full atom's peak")
+    g.add_argument("--sim-peak-counts", type=float, nargs="+", default=[1.0], metavar="COUNTS",
+                   help="counts at a full atom's peak; several values: one series per dose "
+                        "(seeds --sim-seed, --sim-seed + 1, ...)")
     g.add_argument("--sim-scene", choices=["crystal", "nanoparticle", "mixed"], default="mixed")
     g.add_argument("--sim-pitch", type=float, default=8.0, help="simulated lattice pitch in px")
     g.add_argument("--sim-sigma", type=float, default=1.6, help="simulated probe blur (blob std) in px")
@@ -162,7 +164,7 @@ def _run(argv: Sequence[str] | None) -> int:
                                         "patch (got a smaller frame)")
             data = simulated_training_data(
                 n_frames=args.sim_frames, size=args.sim_size, scene=args.sim_scene,
-                peak_counts=args.sim_peak_counts, seed=args.sim_seed, patch=patch,
+                peak_counts=tuple(args.sim_peak_counts), seed=args.sim_seed, patch=patch,
                 percentiles=tuple(args.percentiles), pitch_px=args.sim_pitch, sigma_px=args.sim_sigma)
             if counts is not None:
                 data.counts = counts

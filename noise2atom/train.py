@@ -212,7 +212,7 @@ class Trainer:
         return ModelConfig(size=self.options.size, method=self.options.method,
                            normalisation=self.data.normalisation, prior=prior,
                            data=self.data.fingerprint, iteration=self.iteration,
-                           train=self.options.model_dump(mode="json"))
+                           train=dict(self.options.model_dump(mode="json"), bs_loss_used=self.bs_loss))
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint and its resume side file (a consistent snapshot)."""

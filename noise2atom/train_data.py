@@ -156,14 +156,26 @@ def load_training_data(paths: Sequence[str | Path], *, patch: int, dataset: str 
     return _prepare(stacks, sources, meta, patch=patch, percentiles=percentiles, counts=counts)
 
 
-def simulated_training_data(*, n_frames: int, size: int, scene: str, peak_counts: float,
-                            seed: int, patch: int, percentiles: tuple[float, float] = (0.1, 99.9),
+def simulated_training_data(*, n_frames: int, size: int, scene: str,
+                            peak_counts: float | Sequence[float], seed: int, patch: int,
+                            percentiles: tuple[float, float] = (0.1, 99.9),
                             **sim_kwargs: Any) -> TrainingData:
-    """Training frames from the STEM series simulator (``n2a-train --simulate``)."""
+    """Training frames from the STEM series simulator (``n2a-train --simulate``).
+
+    Several ``peak_counts`` give one series per dose (seeds ``seed``, ``seed + 1``, ...),
+    normalised together, so one model covers that range of doses.
+    """
     from noise2atom.stem_sim import simulate_series
 
-    series = simulate_series(n_frames, shape=(size, size), scene=scene, peak_counts=peak_counts,
-                             seed=seed, **sim_kwargs)
-    src = f"simulate:{scene}:{size}x{size}x{n_frames}:peak{peak_counts:g}:seed{seed}"
-    return _prepare([series.noisy], [src], dict(series.meta), patch=patch,
-                    percentiles=percentiles, counts=counts_mapping_from_meta(series.meta))
+    doses = [float(peak_counts)] if np.isscalar(peak_counts) else [float(d) for d in peak_counts]
+    stacks, sources, meta = [], [], {}
+    for i, dose in enumerate(doses):
+        series = simulate_series(n_frames, shape=(size, size), scene=scene, peak_counts=dose,
+                                 seed=seed + i, **sim_kwargs)
+        stacks.append(series.noisy)
+        sources.append(f"simulate:{scene}:{size}x{size}x{n_frames}:peak{dose:g}:seed{seed + i}")
+        meta = meta or dict(series.meta)
+    if len(doses) > 1:
+        meta["peak_counts"] = doses
+    return _prepare(stacks, sources, meta, patch=patch, percentiles=percentiles,
+                    counts=counts_mapping_from_meta(meta))
