@@ -144,8 +144,9 @@ def test_block_policy_over_push_pull_loses_nothing(zmq_ctx, lite_model):
         finally:
             summary = stream.stop()
             col.stop()
+    assert summary["dropped"] == summary["dropped_at_stop"] == summary["gaps"] == 0, summary
+    assert summary["frames_in"] == summary["published"] == n, summary
     assert [m.seq for m in col.frames] == list(range(n))
-    assert summary["dropped"] == summary["dropped_at_stop"] == summary["gaps"] == 0
     assert all(m.header["dropped"] == 0 for m in col.frames)
 
 
