@@ -209,6 +209,11 @@ class CssPlot(QtWidgets.QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setLabel("bottom", "frame")
         self.plot.setLabel("left", "CSS")
+        # CSS is an SSIM of images mapped to [0, 1]: a fixed 0..1 axis reads at a glance (and its
+        # ticks need no regeneration as values move).
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        self.plot.setYRange(0.0, 1.0, padding=0.02)
+        self.plot.enableAutoRange(axis="y", enable=False)
         # No grid: grid lines are painted with the axes, and cost more than everything else here.
         self.plot.addLegend(offset=(10, 5))
         self.denoised_curve = self.plot.plot([], [], pen=pg.mkPen(DENOISED_PEN, width=2), name="denoised")
