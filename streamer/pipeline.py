@@ -259,11 +259,6 @@ class Stream:
             if keys is not None:
                 keys.configure_client(sock)
             self._in_sock = sock
-            try:
-                sock.connect(cfg.source)
-            except zmq.ZMQError as e:
-                raise ValueError(f"n2a-stream cannot connect to {cfg.source} (expected a ZeroMQ "
-                                 f"address like tcp://HOST:PORT; got {e})") from e
         except BaseException:
             self._close_resources()
             raise
