@@ -11,6 +11,7 @@ We use the torch.export-based exporter (``dynamo=True``, the default since PyTor
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -146,8 +147,9 @@ def _export(checkpoint: Path, sha: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The exporter warns about its own internals (deprecated torch APIs it still calls).
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
+            # The exporter warns about its own internals (deprecated torch APIs it still calls)
+            # and logs that torchvision's ops are not registered; neither concerns our graph.
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper,
@@ -181,6 +183,17 @@ def _export(checkpoint: Path, sha: str, target: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     log.info("exported %s -> %s", checkpoint, target)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _stage_wide_means(model) -> int:

@@ -74,8 +74,10 @@ class OnnxRuntimeEngine(Engine):
         self.onnx_path = Path(onnx_path) if onnx_path is not None else None
         self.threads = threads or _usable_cores()
         self._session = None
-        self._providers: list[str] = []
         self._binding = None
+        # Decided now, so an unavailable provider fails at open_engine(), not later.
+        self._requested = self._choose_providers(_ort())
+        self._providers: list[str] = []
 
     def _choose_providers(self, ort) -> list:
         have = set(ort.get_available_providers())
@@ -111,7 +113,6 @@ class OnnxRuntimeEngine(Engine):
 
     def _activate(self) -> None:
         ort = _ort()
-        providers = self._choose_providers(ort)
         if self.onnx_path is None:
             path = export_onnx(self.checkpoint)
         else:
@@ -123,7 +124,7 @@ class OnnxRuntimeEngine(Engine):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: the TRT provider is chatty
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self._session = ort.InferenceSession(str(path), sess_options=options, providers=self._requested)
         self._providers = self._session.get_providers()
         self._binding = self._session.io_binding()
         self.onnx_file = path

@@ -1,0 +1,181 @@
+"""``n2a-denoise``: denoise recorded frame files into float32 TIFF stacks.
+
+::
+
+    n2a-denoise INPUT... [--model MODEL] --out OUT [--engine auto|pytorch|onnxruntime|tensorrt]
+                [--batch N] [--units display|raw] [--overwrite]
+
+Each input (TIFF, npy, HDF5; DM3/DM4/EMD/SER with the ``io`` extra) is normalised with the
+checkpoint's ``Normalisation``, denoised in batches, and written as a float32 TIFF stack with the
+source's metadata plus an ``n2a`` entry (model id, engine, units). One input: ``OUT`` is the
+output file. Several inputs: ``OUT`` is a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
+
+Units: by default the output is in the model's display units, [0, 1] (``(y + 1) / 2``), the
+units the viewer shows; ``--units raw`` maps back to the input's detector units through the
+checkpoint's normalisation limits (``lo + (y + 1) / 2 * (hi - lo)``).
+
+Nothing is overwritten without ``--overwrite`` (every output is checked before any work starts),
+and each stack is written through a temporary file, so an interrupted run leaves no half-written
+output. Bad input: a one-line error and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """A problem with the command line or its files: printed as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="n2a-denoise",
+        description="Denoise recorded STEM frame files with an n2a model (writes float32 TIFF stacks).",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="frame files: .tif/.tiff, .npy, .h5 (file.h5:/dataset), .dm3/.dm4/.emd/.ser")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint (default: the bundled model, or $N2A_MODEL)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output .tif for one input; a folder for several")
+    p.add_argument("--engine", choices=("auto", "pytorch", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: chosen with the engine)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
+    p.add_argument("--units", choices=("display", "raw"), default="display",
+                   help="display: [0, 1] (default); raw: the input's detector units")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _outputs(inputs: list[Path], out: Path) -> list[Path]:
+    if len(inputs) == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        return [out]
+    if out.suffix.lower() in (".tif", ".tiff"):
+        raise _UsageError(f"--out must be a folder when several inputs are given (got file {out} for {len(inputs)} inputs)")
+    names = [Path(str(i).split(":")[0]).stem + ".denoised.tif" for i in inputs]
+    if len(set(names)) != len(names):
+        raise _UsageError(f"inputs would overwrite each other's output in {out} (got duplicate names {names})")
+    return [out / n for n in names]
+
+
+def _check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, batch: int) -> None:
+    if batch < 1:
+        raise _UsageError(f"--batch must be >= 1 (got {batch})")
+    for path in inputs:
+        # file.h5:/group/dataset names a dataset inside an HDF5 file
+        if not path.exists() and not Path(str(path).rsplit(":", 1)[0]).is_file():
+            raise _UsageError(f"input not found: {path} (expected an existing frame file)")
+    for path in outputs:
+        if path.exists() and not overwrite:
+            raise _UsageError(f"output exists: {path} (pass --overwrite to replace it)")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise _UsageError(f"output folder is a file: {path.parent}")
+
+
+def _denoise_file(engine, stack, norm, batch: int, units: str, progress) -> np.ndarray:
+    frames = stack.frames
+    out = np.empty(frames.shape, np.float32)
+    for start in range(0, len(frames), batch):
+        chunk = norm.to_model(frames[start:start + batch])
+        y = engine.infer(np.ascontiguousarray(chunk, dtype=np.float32))
+        out[start:start + len(y)] = norm.from_model(y) if units == "display" else norm.to_raw(y)
+        progress.update(len(y))
+    return out
+
+
+def _css_line(raw: np.ndarray, denoised: np.ndarray) -> str:
+    from noise2atom.metrics import css
+
+    if len(raw) < 2:
+        return "CSS n/a (one frame)"
+    c_raw, c_out = css(raw), css(denoised)
+    return f"CSS raw {c_raw.mean():.3f} -> denoised {c_out.mean():.3f} (mean over {len(c_raw)} pairs)"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the work for parsed arguments; raises `_UsageError` for the user's mistakes."""
+    from tqdm import tqdm
+
+    from noise2atom.checkpoint import CheckpointError, default_model_path
+    from noise2atom.io import FrameReadError, read_frames, write_stack
+
+    import engines
+
+    outputs = _outputs(args.inputs, args.out)
+    _check_plan(args.inputs, outputs, args.overwrite, args.batch)
+    model = args.model
+    if model is None:
+        model = default_model_path()
+        if not model.is_file():
+            raise _UsageError(f"no --model given and the bundled default model is missing (expected {model})")
+    try:
+        engine = engines.open_engine(model, args.engine, device=args.device, precision=args.precision)
+    except (CheckpointError, engines.EngineError) as e:
+        raise _UsageError(str(e)) from e
+
+    norm = engine.config.normalisation
+    with engine:
+        info = engine.describe()
+        print(f"n2a-denoise: {info['backend']} on {info['device']} ({info['precision']}), model {info['model']}",
+              file=sys.stderr)
+        for src, dst in zip(args.inputs, outputs):
+            try:
+                stack = read_frames(src)
+            except FrameReadError as e:
+                raise _UsageError(str(e)) from e
+            t0 = time.perf_counter()
+            with tqdm(total=len(stack.frames), unit="frame", desc=src.name, disable=args.quiet,
+                      file=sys.stderr) as progress:
+                try:
+                    denoised = _denoise_file(engine, stack, norm, args.batch, args.units, progress)
+                except engines.EngineError as e:
+                    raise _UsageError(f"{src}: {e}") from e
+            seconds = time.perf_counter() - t0
+            meta = dict(stack.meta)
+            meta["n2a"] = {
+                "source": stack.source,
+                "model": info["model"],
+                "engine": info,
+                "units": "display [0, 1]" if args.units == "display" else "raw detector units",
+                "normalisation": norm.model_dump(),
+            }
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
+            fps = len(denoised) / seconds if seconds > 0 else float("inf")
+            # Raw CSS on the frames as the model sees them (clipped to the normalisation limits),
+            # so hot pixels do not squash the raw sequence's min-max mapping.
+            raw_seen = norm.from_model(norm.to_model(stack.frames))
+            print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
+                  f"{fps:.2f} frames/s; {_css_line(raw_seen, denoised)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``n2a-denoise``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except _UsageError as e:
+        print(f"n2a-denoise: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileExistsError as e:  # an output appeared while we worked
+        print(f"n2a-denoise: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("n2a-denoise: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
