@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="frames waiting for the engine before the policy acts (4)")
     eng.add_argument("--css-window", type=_positive_int, default=10,
                      help="rolling CSS window in frames (10)")
+    eng.add_argument("--no-css", dest="css", action="store_false",
+                     help="do not compute CSS (the css fields are nil; saves two SSIMs per frame)")
     eng.add_argument("--denoise-delay-ms", type=float, default=0.0,
                      help="diagnostic: add this delay per frame after the engine (tests the drop "
                           "policy with a slow engine)")
@@ -129,7 +131,7 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> A
         return StreamConfig(
             source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
             policy=args.policy, with_raw=args.with_raw, model=args.model, engine=args.engine,
-            device=args.device, css_window=args.css_window, max_queue=args.max_queue,
+            device=args.device, css_window=args.css_window, css=args.css, max_queue=args.max_queue,
             record=args.record, max_frame_bytes=args.max_frame_bytes,
             curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms)
     except ValidationError as e:

@@ -15,11 +15,20 @@ IGNORED_META_KEYS = frozenset({
 })
 
 
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _differs(a: Any, b: Any, rel_tol: float) -> bool:
-    num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
+    if _is_num(a) and _is_num(b):
         return not math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=1e-12)
+    if not isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and b:
+        # The model was trained on several values: a number inside their range (within the
+        # tolerance) or one of the listed values matches.
+        if _is_num(a) and all(_is_num(v) for v in b):
+            lo, hi = min(b), max(b)
+            return not (lo * (1 - rel_tol) - 1e-12 <= a <= hi * (1 + rel_tol) + 1e-12)
+        return all(_differs(a, v, rel_tol) for v in b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) != len(b) or any(_differs(x, y, rel_tol) for x, y in zip(a, b))
     return a != b
@@ -29,14 +38,19 @@ def compare_meta(series_meta: Mapping[str, Any] | None, model_meta: Mapping[str,
                  rel_tol: float = 0.01, ignore: frozenset[str] = IGNORED_META_KEYS) -> list[str]:
     """Names of the settings present in both whose values differ (sorted).
 
-    Numbers compare within ``rel_tol`` (relative), everything else exactly; keys only one side has
-    cannot be compared and are not reported.
+    Numbers compare within ``rel_tol`` (relative), everything else exactly; a list in the model's
+    meta against a single series value means the model was trained on several values, and a number
+    inside their range (or one of the listed values) matches. Keys only one side has cannot be
+    compared and are not reported, nor are bookkeeping keys (:data:`IGNORED_META_KEYS`).
 
     Examples
     --------
     >>> compare_meta({"pixel_size_nm": 0.025, "detector": "HAADF", "seed": 1},
     ...              {"pixel_size_nm": 0.05, "detector": "HAADF", "seed": 2, "dwell_time_us": 1})
     ['pixel_size_nm']
+    >>> compare_meta({"peak_counts": 0.7, "dwell_time_us": 3.0},
+    ...              {"peak_counts": [0.4, 1.0, 2.0], "dwell_time_us": [1.0, 2.0]})
+    ['dwell_time_us']
     """
     if not series_meta or not model_meta:
         return []

@@ -63,6 +63,9 @@ class StreamConfig(BaseModel):
     engine: str = Field(default="auto", description="engine back end (auto, onnxruntime, ...)")
     device: str | None = Field(default=None, description="engine device (default: back end's)")
     css_window: int = Field(default=10, ge=1, le=10_000, description="rolling CSS window")
+    css: bool = Field(default=True, description="compute the rolling CSS of raw and denoised "
+                                                "frames (off: the css fields are nil; saves two "
+                                                "SSIMs per frame on a busy CPU)")
     max_queue: int = Field(default=4, ge=1, le=10_000,
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")
@@ -282,7 +285,7 @@ class Stream:
                             failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000)
         publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
                               stop_event=self.publish_stop, failed=self.failed,
-                              make_css=make_css, engine_name=self.engine_name,
+                              make_css=make_css if cfg.css else None, engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
                               recorder=self.recorder)
         # Connect last: a PUB source may start sending as soon as we subscribe.

@@ -52,7 +52,8 @@ class Publisher(Worker):
     failed
         Set when this thread fails.
     make_css
-        ``() -> (css_denoised, css_raw)`` pair of fresh ``RollingCSS`` objects for a new series.
+        ``() -> (css_denoised, css_raw)`` pair of fresh ``RollingCSS`` objects for a new series;
+        ``None``: no CSS (the css fields are nil).
     engine_name, model_id
         For the output header.
     with_raw
@@ -90,7 +91,7 @@ class Publisher(Worker):
         if self._series is not None and self._series is not series:
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
-        self._css = self.make_css()
+        self._css = self.make_css() if self.make_css is not None else None
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)
         self._send(parts)
@@ -102,9 +103,12 @@ class Publisher(Worker):
         if item.series is not self._series:
             self._start_series(item.series)
         t0 = time.perf_counter_ns()
-        css_den, css_raw = self._css
-        css, css_mean = css_den.update(out.denoised)
-        craw, craw_mean = css_raw.update(item.raw)
+        if self._css is not None:
+            css_den, css_raw = self._css
+            css, css_mean = css_den.update(out.denoised)
+            craw, craw_mean = css_raw.update(item.raw)
+        else:
+            css = css_mean = craw = craw_mean = None
         t1 = time.perf_counter_ns()
         timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0)
         counts = self.stats.counts

@@ -136,7 +136,7 @@ def test_block_policy_over_push_pull_loses_nothing(zmq_ctx, lite_model):
     with Replay(frames=frames, fps=0, series="block", pattern="push") as replay:
         stream, col = _start_stream(zmq_ctx, lite_model, replay.bind(), pattern="pull",
                                     policy="block", max_queue=2, denoise_delay_ms=40,
-                                    rcvhwm=2)
+                                    rcvhwm=2, css=False)
         try:
             replay.start()
             replay.join(30)
@@ -148,6 +148,7 @@ def test_block_policy_over_push_pull_loses_nothing(zmq_ctx, lite_model):
     assert summary["frames_in"] == summary["published"] == n, summary
     assert [m.seq for m in col.frames] == list(range(n))
     assert all(m.header["dropped"] == 0 for m in col.frames)
+    assert all(m.header["css"] is None and m.header["css_raw_mean"] is None for m in col.frames)
 
 
 def test_publisher_restart_is_picked_up(zmq_ctx, lite_model, free_port):
