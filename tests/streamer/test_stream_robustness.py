@@ -236,3 +236,28 @@ def test_recording_survives_sigkill_up_to_the_last_flush(tmp_path):
         i = m.seq
         expected = ((np.arange(48 * 48, dtype=np.uint32).reshape(48, 48) * (i + 1)) % 65521)
         np.testing.assert_array_equal(m.frame, expected.astype(np.uint16))
+
+
+def test_the_publishing_example_in_docs_protocol_md_feeds_n2a_stream(zmq_ctx, lite_model,
+                                                                        free_port):
+    """The 10-line example of docs/protocol.md, run as written (port, size, context swapped)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    code = doc.split("## Publishing from Python in ten lines", 1)[1].split("```python", 1)[1]
+    code = code.split("```", 1)[0]
+    for old, new in (("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{free_port}"),
+                     ("(512, 512)", "(64, 64)"), ("zmq.Context.instance()", "ctx")):
+        assert old in code, f"docs/protocol.md example changed: {old!r} not found"
+        code = code.replace(old, new)
+    stream = Stream(source=f"tcp://127.0.0.1:{free_port}", model=lite_model,
+                    engine="onnxruntime").start()
+    namespace = {"ctx": zmq_ctx.context}
+    try:
+        exec(compile(code, "docs/protocol.md", "exec"), namespace)  # noqa: S102 - our own docs
+        wait_until(lambda: stream.ended, 30, "the example's end message and all frames out")
+    finally:
+        namespace["sock"].close(0)
+        summary = stream.stop()
+    assert summary["frames_in"] == 100 and summary["rejected"] == 0 and summary["gaps"] == 0
+    assert summary["published"] + summary["dropped"] == 100
