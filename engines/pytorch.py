@@ -1,8 +1,10 @@
 """PyTorch back end: eager on CPU, or CUDA with autocast, pinned buffers, a stream and CUDA graphs.
 
-On CUDA, ``precision="fp16"``/``"bf16"`` runs the convolutions under autocast while every
-normalisation layer runs in fp32 (its input cast up, autocast switched off inside it): the
-per-sample mean and std over a whole frame lose too much in half precision. Frames go through
+On CUDA, ``precision="fp32"`` switches cuDNN's TF32 convolutions off while the engine is active
+(process-wide: PyTorch's default is TF32), and ``precision="fp16"``/``"bf16"`` runs the
+convolutions under autocast while every normalisation layer runs in fp32 (its input cast up,
+autocast switched off inside it): the per-sample mean and std over a whole frame lose too much in
+half precision. Frames go through
 pinned host buffers on the engine's own stream. With ``cuda_graph=True`` the first batch of a
 shape is captured into a CUDA graph and later batches of that shape replay it; a new shape is
 captured again (counted in ``describe()["graph_captures"]``).
@@ -61,6 +63,7 @@ class PyTorchEngine(Engine):
         self.cuda_graph = cuda_graph
         self._model = None
         self._torch = None
+        self._saved_tf32 = None
         self._reset_cuda_state()
 
     def _reset_cuda_state(self) -> None:
@@ -84,6 +87,8 @@ class PyTorchEngine(Engine):
                 raise EngineError(f"pytorch engine asked for {self.device} but torch sees no CUDA device")
             if self.precision != "fp32":
                 _keep_norms_fp32(generator)
+            else:
+                self._saved_tf32 = _ieee_convs(torch)
             generator = generator.to(self.device)
             self._stream = torch.cuda.Stream(device=self.device)
         self._model = generator.eval()
@@ -93,6 +98,9 @@ class PyTorchEngine(Engine):
             self._stream.synchronize()
         self._model = None
         self._reset_cuda_state()
+        if self._saved_tf32 is not None:
+            _restore_convs(self._torch, self._saved_tf32)
+            self._saved_tf32 = None
         if self.device.startswith("cuda") and self._torch is not None:
             self._torch.cuda.empty_cache()
 
@@ -161,6 +169,30 @@ class PyTorchEngine(Engine):
         self._graph, self._graph_in, self._graph_out = graph, static_in, static_out
         self._graph_shape = shape
         self._graph_captures += 1
+
+
+def _ieee_convs(torch):
+    """Make cuDNN convolutions true fp32 (PyTorch defaults them to TF32); return what to restore.
+
+    Process-wide while the engine is active: "fp32" must mean fp32, or the back ends disagree
+    by ~1e-3 instead of ~1e-6.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        saved = ("fp32_precision", conv.fp32_precision)
+        conv.fp32_precision = "ieee"
+    else:
+        saved = ("allow_tf32", torch.backends.cudnn.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+    return saved
+
+
+def _restore_convs(torch, saved) -> None:
+    name, value = saved
+    if name == "fp32_precision":
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:
+        torch.backends.cudnn.allow_tf32 = value
 
 
 def _keep_norms_fp32(module) -> int:

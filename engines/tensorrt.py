@@ -93,13 +93,19 @@ class _PinnedArray:
 class _Slot:
     """One frame in flight: context, stream, pinned and device buffers, the bound shape."""
 
-    def __init__(self, trt, cudart, engine, max_hw: tuple[int, int]) -> None:
+    def __init__(self, cudart, engine, index: int, max_hw: tuple[int, int]) -> None:
         self.cudart = cudart
         count = max_hw[0] * max_hw[1]
         self.stream = cuda_call(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
         self.context = engine.create_execution_context()
         if self.context is None:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        # One optimisation profile per context (the plan holds K copies): concurrent contexts
+        # must not share a dynamic-shape profile.
+        if not self.context.set_optimization_profile_async(index, int(self.stream)):
+            raise EngineError(f"TensorRT refused optimisation profile {index} "
+                              f"(the plan has {engine.num_optimization_profiles})")
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))
         self.host_in = _PinnedArray(cudart, count)
         self.host_out = _PinnedArray(cudart, count)
         self.dev_in = cuda_call(cudart.cudaMalloc(count * 4))
@@ -204,10 +210,10 @@ class TensorRTEngine(Engine):
         cuda_call(cudart.cudaSetDevice(self.device_id))
         if self.build:
             self.plan_file = ensure_plan(self.checkpoint, precision=self.precision, profile=self.profile,
-                                         device_id=self.device_id)
+                                         streams=self.streams, device_id=self.device_id)
         else:
             self.plan_file = plan_path(self.checkpoint_sha256, trt.__version__, gpu_name(self.device_id),
-                                       self.precision, self.profile)
+                                       self.precision, self.profile, self.streams)
             if not self.plan_file.is_file():
                 raise EngineError(f"no cached TensorRT plan (expected {self.plan_file}; build it with "
                                   f"python -m engines.tensorrt_build)")
@@ -216,7 +222,7 @@ class TensorRTEngine(Engine):
         if self._engine is None:
             raise EngineError(f"TensorRT could not deserialize {self.plan_file} (stale or corrupt plan?)")
         try:
-            self._slots = [_Slot(trt, cudart, self._engine, self.profile.max) for _ in range(self.streams)]
+            self._slots = [_Slot(cudart, self._engine, i, self.profile.max) for i in range(self.streams)]
         except Exception:
             self._deactivate()
             raise

@@ -67,10 +67,11 @@ class ShapeProfile(BaseModel):
         return self.min[0] <= h <= self.max[0] and self.min[1] <= w <= self.max[1]
 
 
-def plan_path(checkpoint_sha: str, trt_version: str, gpu_name: str, precision: str, profile: ShapeProfile) -> Path:
-    """Where the plan for this (model, TensorRT, GPU, precision, profile) lives in the cache."""
+def plan_path(checkpoint_sha: str, trt_version: str, gpu_name: str, precision: str, profile: ShapeProfile,
+              streams: int = 1) -> Path:
+    """Where the plan for this (model, TensorRT, GPU, precision, profile, K) lives in the cache."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-")
-    name = f"{checkpoint_sha[:16]}_trt{trt_version}_{gpu}_{precision}_{profile.key}.plan"
+    name = f"{checkpoint_sha[:16]}_trt{trt_version}_{gpu}_{precision}_{profile.key}_k{streams}.plan"
     return cache_dir() / "trt" / name
 
 
@@ -93,7 +94,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, timing_cache: Path | None) -> bytes:
+def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, timing_cache: Path | None,
+               streams: int = 1) -> bytes:
     """Parse an ONNX file and build a serialized TensorRT plan.
 
     Parameters
@@ -105,6 +107,10 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
         (normalisation layers in fp32).
     profile
         The frame sizes to accept.
+    streams
+        K: the plan gets K copies of the profile, one per execution context, because contexts
+        that run at the same time may not share a dynamic-shape profile (TensorRT < 10 forbade it;
+        one profile each is safe on every version).
     timing_cache
         File to read tactic timings from and write them back to (``None``: no cache).
     """
@@ -133,9 +139,11 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
     else:
         raise EngineBuildError(f"expected precision fp32, fp16 or bf16 (got {precision!r})")
 
-    opt = builder.create_optimization_profile()
-    opt.set_shape(INPUT_NAME, (1, *profile.min), (1, *profile.opt), (1, *profile.max))
-    config.add_optimization_profile(opt)
+    for _ in range(streams):
+        opt = builder.create_optimization_profile()
+        opt.set_shape(INPUT_NAME, (1, *profile.min), (1, *profile.opt), (1, *profile.max))
+        if config.add_optimization_profile(opt) < 0:
+            raise EngineBuildError(f"TensorRT rejected the optimisation profile {profile.key}")
 
     cache = None
     if timing_cache is not None:
@@ -175,7 +183,8 @@ def _pin_norms_fp32(trt, network) -> int:
 
 
 def ensure_plan(
-    checkpoint: str | Path, *, precision: str, profile: ShapeProfile, device_id: int = 0, rebuild: bool = False
+    checkpoint: str | Path, *, precision: str, profile: ShapeProfile, streams: int = 1, device_id: int = 0,
+    rebuild: bool = False,
 ) -> Path:
     """Return the cached plan for a checkpoint, building (and caching) it first if needed."""
     from .tensorrt import gpu_name, import_tensorrt
@@ -183,12 +192,12 @@ def ensure_plan(
     trt, _ = import_tensorrt()
     sha = file_sha256(checkpoint)
     gpu = gpu_name(device_id)
-    path = plan_path(sha, trt.__version__, gpu, precision, profile)
+    path = plan_path(sha, trt.__version__, gpu, precision, profile, streams)
     if path.is_file() and not rebuild:
         return path
     onnx_path = export_onnx(checkpoint)
     log.info("building TensorRT %s plan for %s on %s (%s); this takes minutes once", precision, checkpoint, gpu, profile.key)
-    plan = build_plan(onnx_path, precision=precision, profile=profile,
+    plan = build_plan(onnx_path, precision=precision, profile=profile, streams=streams,
                       timing_cache=_timing_cache_path(trt.__version__, gpu))
     _atomic_write(path, plan)
     return path
@@ -210,13 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min", type=_hw, default=(64, 64), metavar="HxW")
     p.add_argument("--opt", type=_hw, default=(1024, 1024), metavar="HxW")
     p.add_argument("--max", type=_hw, default=(2048, 2048), metavar="HxW")
+    p.add_argument("--streams", type=int, default=2, help="K frames in flight (one profile each)")
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--rebuild", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         profile = ShapeProfile(min=args.min, opt=args.opt, max=args.max)
-        path = ensure_plan(args.checkpoint, precision=args.precision, profile=profile,
+        path = ensure_plan(args.checkpoint, precision=args.precision, profile=profile, streams=args.streams,
                            device_id=args.device, rebuild=args.rebuild)
     except Exception as e:  # one line for the console; the traceback is for bugs
         print(f"error: {e}", file=sys.stderr)

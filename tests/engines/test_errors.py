@@ -189,11 +189,11 @@ def test_onnx_not_from_n2a_is_refused(tmp_path, lite_checkpoint):
 
 def test_plan_cache_key_covers_model_trt_gpu_precision_profile():
     base = dict(checkpoint_sha="a" * 64, trt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3",
-                precision="fp16", profile=ShapeProfile())
+                precision="fp16", profile=ShapeProfile(), streams=2)
     ref = plan_path(**base)
     assert ref.suffix == ".plan" and "H100" in ref.name
     for key, value in (("checkpoint_sha", "b" * 64), ("trt_version", "10.4.0"), ("gpu_name", "NVIDIA L4"),
-                       ("precision", "fp32"), ("profile", ShapeProfile(opt=(512, 512)))):
+                       ("precision", "fp32"), ("profile", ShapeProfile(opt=(512, 512))), ("streams", 3)):
         assert plan_path(**{**base, key: value}) != ref, key
 
 
