@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,9 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ is first on sys.path and bench/engines.py would shadow the engines package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 FRAMES = {256: 40, 512: 24, 1024: 10}
 
 
