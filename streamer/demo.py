@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: n2a-replay {endpoint} ({args.frames} frames of {args.size}² at "
               f"{args.fps:g} fps) -> n2a-stream -> tcp://127.0.0.1:{port + 1}", flush=True)
         if not args.headless and _has_display() and _viewer_available():
-            viewer = subprocess.Popen([py, "-m", "viewer.app", "--port", str(port + 1)], env=env)
+            viewer = subprocess.Popen(
+                [py, "-c", "import sys; from viewer.app import main; sys.exit(main(sys.argv[1:]))",
+                 "--port", str(port + 1)], env=env)
             procs.append(("n2a-view", viewer))
             print("demo: viewer started (close it or press Ctrl-C to end early)", flush=True)
         else:

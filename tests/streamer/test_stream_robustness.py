@@ -261,3 +261,30 @@ def test_the_publishing_example_in_docs_protocol_md_feeds_n2a_stream(zmq_ctx, li
         summary = stream.stop()
     assert summary["frames_in"] == 100 and summary["rejected"] == 0 and summary["gaps"] == 0
     assert summary["published"] + summary["dropped"] == 100
+
+
+def test_each_kind_of_bad_input_is_counted_under_its_reason(fuzz_stream):
+    stream, pub, col, state = fuzz_stream
+    before = stream.stats.rejected.snapshot()
+    header = msgpack.unpackb(_good(0)[0])
+    nan = np.full((8, 8), np.nan, np.float32)
+    cases = {
+        "malformed": [b"\x93garbage"],
+        "version": [msgpack.packb(dict(header, v=2)), _good(0)[1]],
+        "dtype": [msgpack.packb(dict(header, dtype="float64")), _good(0)[1]],
+        "payload_length": [_good(0)[0], _good(0)[1][:-2]],
+        "non_finite": [bytes(p) for p in encode_frame(nan, seq=0, series="x", t_acq_ns=0)],
+        "too_large": [bytes(p) for p in encode_frame(np.zeros((65, 64), np.float32), seq=0,
+                                                     series="x", t_acq_ns=0)],
+        "parts": [_good(0)[0]],
+        "field": [msgpack.packb(dict(header, seq=-4)), _good(0)[1]],
+    }
+    for parts in cases.values():
+        send_message(pub, parts)
+    send_message(pub, _good(state["seq"]))
+    state["seq"] += 1
+    wait_until(lambda: stream.stats.rejected.total() >= sum(before.values()) + len(cases), 10,
+               "every bad message to be counted")
+    after = stream.stats.rejected.snapshot()
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in cases} == dict.fromkeys(cases, 1)
+    stream.maybe_raise()
