@@ -156,6 +156,13 @@ def _run(argv: Sequence[str] | None) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device must be cpu, cuda or cuda:N (got {device!r})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available (got torch {torch.__version__}, "
+                         "CUDA unavailable)")
     counts = (args.gain, args.offset) if args.gain is not None else None
     try:
         if args.simulate:

@@ -90,6 +90,7 @@ def test_nan_only_frame(capsys, tmp_path):
     (["--iterations", "1", "--gain", "2"], "both --gain and --offset"),
     (["--iterations", "1", "--simulate"], "not both"),
     (["--iterations", "1", "--resume", "--patch", "32"], "not found"),
+    (["--iterations", "1", "--device", "banana"], "--device must be"),
 ])
 def test_bad_options(capsys, good, tmp_path, extra, needle):
     rc, err = run_main(capsys, [good, "--out", tmp_path / "m.safetensors", *extra])
