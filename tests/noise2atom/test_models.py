@@ -105,3 +105,24 @@ def test_lowpass_is_centred_gaussian_of_variance_15():
     # a constant image stays constant away from the zero-padded border
     y = lp(torch.ones(1, 1, 80, 80))
     assert torch.allclose(y[..., 16:-16, 16:-16], torch.ones(1, 1, 48, 48), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+def test_lite_onnx_export_keeps_pad_and_crop_dynamic(tmp_path, lite):
+    # The pads are computed from symbolic sizes, so one export serves every batch and frame size.
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "lite.onnx"
+    torch.onnx.export(lite, torch.zeros(1, 1, 64, 64), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 64, 64), (2, 1, 37, 53), (1, 1, 5, 9), (1, 1, 100, 24)]:
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        y = sess.run(None, {"x": x})[0]
+        with torch.no_grad():
+            ref = lite(torch.from_numpy(x)).numpy()
+        assert y.shape == shape
+        np.testing.assert_allclose(y, ref, atol=1e-5)
