@@ -156,3 +156,16 @@ def test_console_script_bad_input_and_ctrl_c(tmp_path, good):
     assert "Traceback" not in err and "interrupted" in err
     it = load_checkpoint(out).config.iteration
     assert 1 <= it < 100000
+
+
+def test_estimate_prior_is_reported_and_used(capsys, tmp_path):
+    out = tmp_path / "g.safetensors"
+    rc, err = run_main(capsys, ["--simulate", "--sim-size", "128", "--sim-frames", "4", "--sim-scene", "crystal",
+                                "--sim-pitch", "10", "--sim-peak-counts", "4", "--method", "noise2atom",
+                                "--estimate-prior", "--sigma-max", "3", "--iterations", "1", "--patch", "32",
+                                "--critic-steps", "1", "--out", out, *FAST])
+    assert rc == 0, err
+    assert "estimated prior from the frames: pitch" in err
+    prior = load_checkpoint(out).config.prior
+    assert abs(prior["pitch_px"] - 10) < 0.5  # the estimate, not the default 8
+    assert prior["sigma_px"][1] == 3  # an explicit flag wins over the estimate
