@@ -249,6 +249,10 @@ def _stage_wide_means(model) -> int:
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
+    used = {name for node in graph.node for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:  # the replaced (1, 2, 3) axes; ORT would warn about each one
+        graph.initializer.remove(t)
     onnx.checker.check_model(model)
     return staged
 
