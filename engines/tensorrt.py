@@ -222,7 +222,8 @@ class TensorRTEngine(Engine):
         if self._engine is None:
             raise EngineError(f"TensorRT could not deserialize {self.plan_file} (stale or corrupt plan?)")
         try:
-            self._slots = [_Slot(cudart, self._engine, i, self.profile.max) for i in range(self.streams)]
+            for i in range(self.streams):  # appended one by one, so a failure frees those made
+                self._slots.append(_Slot(cudart, self._engine, i, self.profile.max))
         except Exception:
             self._deactivate()
             raise
