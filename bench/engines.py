@@ -68,19 +68,22 @@ def _reset_peak() -> None:
         pass
 
 
-def run_case(ckpt: str, backend: str, device: str, precision: str, side: int, warmup: int, repeats: int) -> dict:
+def run_case(ckpt: str, backend: str, device: str, precision: str, side: int, warmup: int, repeats: int,
+             threads: int | None = None) -> dict:
     """In the child: time one case and return its numbers."""
     import torch
 
     import engines
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     frames = rng.uniform(-1, 1, (warmup + repeats, 1, side, side)).astype(np.float32)
     base = _rss_mib()
     _reset_peak()
     t0 = time.perf_counter_ns()
-    engine = engines.open_engine(ckpt, backend, device=device, precision=precision)
+    options = {"threads": threads} if device == "cpu" else {}
+    engine = engines.open_engine(ckpt, backend, device=device, precision=precision, **options)
     with engine:
         open_s = (time.perf_counter_ns() - t0) / 1e9
         for i in range(warmup):
@@ -93,7 +96,8 @@ def run_case(ckpt: str, backend: str, device: str, precision: str, side: int, wa
         info = engine.describe()
     ms = np.array(times) / 1e6
     return {
-        "backend": backend, "device": info["device"], "precision": precision, "side": side,
+        "backend": backend if device != "cpu" else f"{backend} ({threads} thr)", "device": info["device"],
+        "precision": precision, "side": side,
         "n": repeats, "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
         "fps": float(repeats / (ms.sum() / 1e3)), "peak_mib": _peak_mib(), "delta_mib": _peak_mib() - base,
         "open_s": open_s, "detail": {k: v for k, v in info.items() if k not in ("backend", "device", "precision")},
@@ -115,15 +119,18 @@ def _make_checkpoints(folder: Path, sizes) -> dict[str, Path]:
     return out
 
 
-def _backends() -> list[tuple[str, str, str]]:
-    """(back end, device, precision) to run here."""
+def _backends(size: str) -> list[tuple[str, str, str, int | None]]:
+    """(back end, device, precision, CPU threads) to run here."""
     import engines
 
-    cases = [("onnxruntime", "cpu", "fp32"), ("pytorch", "cpu", "fp32")]
+    cores = len(os.sched_getaffinity(0))
+    cases = [("onnxruntime", "cpu", "fp32", cores), ("pytorch", "cpu", "fp32", cores)]
+    if size == "lite" and cores > 1:  # torch eager on shared cores: one thread can win
+        cases.append(("pytorch", "cpu", "fp32", 1))
     if engines.cuda_available():
-        cases += [("pytorch", "cuda", "fp32"), ("pytorch", "cuda", "fp16")]
+        cases += [("pytorch", "cuda", "fp32", None), ("pytorch", "cuda", "fp16", None)]
         if engines.tensorrt_available()[0]:
-            cases += [("tensorrt", "cuda", "fp32"), ("tensorrt", "cuda", "fp16")]
+            cases += [("tensorrt", "cuda", "fp32", None), ("tensorrt", "cuda", "fp16", None)]
     return cases
 
 
@@ -186,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
             exports[size] = time.perf_counter() - t
         for size in sizes:
             for side in sides:
-                for backend, device, precision in _backends():
+                for backend, device, precision, threads in _backends(size):
                     warmup, repeats = GPU_REPEATS if device == "cuda" else REPEATS.get((size, side), (2, 10))
                     if args.quick:
                         repeats = max(2, repeats // 3)
                     case = dict(ckpt=str(ckpts[size]), backend=backend, device=device, precision=precision,
-                                side=side, warmup=warmup, repeats=repeats)
-                    print(f"{size} {backend}/{device}/{precision} {side}²: {warmup} warm-up + {repeats} timed ...",
+                                side=side, warmup=warmup, repeats=repeats, threads=threads)
+                    print(f"{size} {backend}/{device}/{precision}/{threads or '-'}thr {side}²: {warmup} warm-up + {repeats} timed ...",
                           file=sys.stderr, flush=True)
                     proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
                                           capture_output=True, text=True)
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "ONNX export (once per checkpoint, then cached by content hash): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in exports.items()) + ".",
     ]
-    target = next((r for r in rows if r.get("model") == "lite" and r.get("backend") == "onnxruntime"
+    target = next((r for r in rows if r.get("model") == "lite" and r.get("backend", "").startswith("onnxruntime")
                    and r.get("side") == 512 and "fps" in r), None)
     if target is not None:
         verdict = "met" if target["fps"] >= 5 else "NOT met"
