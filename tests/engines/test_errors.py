@@ -115,6 +115,7 @@ def test_auto_picks_onnxruntime_on_a_cpu_machine(lite_checkpoint):
         (dict(backend="pytorch", device="tpu"), r"'cpu' or 'cuda\[:N\]' \(got device 'tpu'\)"),
         (dict(backend="onnxruntime", precision="fp16"), r"fp32 only \(got precision 'fp16'\)"),
         (dict(backend="pytorch", device="cpu", cuda_graph=True), r"CUDA graphs need a CUDA device"),
+        (dict(backend="pytorch", device="cpu", threads=0), r"threads >= 1 \(got 0\)"),
     ],
 )
 def test_bad_options(lite_checkpoint, kwargs, match):
