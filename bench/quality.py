@@ -85,6 +85,7 @@ def run_case(
     training_notes: dict[str, str] | None = None,
     bm3d: bool = True,
     bm3d_oracle: bool = False,
+    baselines: bool = True,
     crop_size: int = 96,
     log=print,
 ) -> CaseResult:
@@ -100,6 +101,8 @@ def run_case(
         Row key -> text for the table's training column.
     bm3d, bm3d_oracle : bool
         Include BM3D with sigma from the data; also BM3D with sigma picked on the tuning series.
+    baselines : bool
+        False: only the n2a rows (to add a model to an earlier run's table).
     """
     checkpoints = checkpoints or {}
     training_notes = training_notes or {}
@@ -153,9 +156,9 @@ def run_case(
         log(f"  {den.name}: SSIM {sc.ssim:.3f}, F1 {sc.f1:.3f}, false/100nm² {sc.false_per_100nm2:.0f}, "
             f"{ms:.1f} ms/frame ({time.perf_counter() - t0:.0f} s)")
 
-    for key, den, training in denoisers:
+    for key, den, training in denoisers if baselines else []:
         add(key, den, training)
-    if bm3d:
+    if bm3d and baselines:
         result.settings["BM3D sigma estimated on the last scored frame (Anscombe domain)"] = f"{bm.last_sigma:.3f}"
     for key, path in checkpoints.items():
         label = METHOD_LABELS.get(key.removeprefix("n2a-"), key)
@@ -182,9 +185,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="in-series n2a methods to train (none: baselines only)")
     p.add_argument("--no-train", action="store_true", help="baselines (and the bundled model) only")
     p.add_argument("--no-bm3d", action="store_true", help="skip BM3D (slow)")
+    p.add_argument("--no-default", action="store_true", help="leave the bundled default model out")
     p.add_argument("--bm3d-oracle", action="store_true",
                    help="also BM3D with sigma picked with the truth of the separate series (slow)")
     p.add_argument("--reuse", action="store_true", help="reuse in-series checkpoints already in --work")
+    p.add_argument("--add-default", action="store_true",
+                   help="run only the bundled default model and add its rows to --out/quality.json "
+                        "(same seeded series), then rewrite quality.md")
+    p.add_argument("--rerender", action="store_true",
+                   help="rewrite quality.md from --out/quality.json (same numbers, current report code)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=40)
     p.add_argument("--n-score", type=int, default=6)
@@ -194,6 +203,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the report; returns the exit status."""
     args = _parse(argv)
+    if args.rerender:
+        return _rerender(args.out)
+    if args.add_default:
+        return _add_default(args)
     t_start = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="minutes")
     machine = _machine()
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from noise2atom.checkpoint import default_model_path
 
     default_model = default_model_path()
-    have_default = Path(default_model).exists()
+    have_default = Path(default_model).exists() and not args.no_default
 
     cases: list[CaseResult] = []
     for dose in args.doses:
@@ -304,13 +317,63 @@ def _write(cases: list[CaseResult], args, *, machine: str, started: str, methods
     ]
     md = render_markdown(cases, header=header, figures=figures, notes=notes)
     (args.out / "quality.md").write_text(md)
-    data = [
+    data = {"header": header, "notes": notes, "figures": figures, "cases": [
         {"dose": c.dose, "scene": c.scene, "settings": c.settings,
          "methods": [{"key": m.key, "label": m.label, "training": m.training, **m.scores.row(),
                       "css_curve": m.scores.css_curve} for m in c.methods]}
         for c in cases
-    ]
+    ]}
     (args.out / "quality.json").write_text(json.dumps(data, indent=1, allow_nan=True))
+
+
+def _add_default(args) -> int:
+    """Score the bundled default model on an earlier run's cases and merge its rows in."""
+    from noise2atom.checkpoint import default_model_path
+
+    path = Path(default_model_path())
+    if not path.exists():
+        raise SystemExit(f"--add-default: no bundled model (expected {path})")
+    data = json.loads((args.out / "quality.json").read_text())
+    size, n_train, n_score = _series_shape(data["header"], args)
+    for c in data["cases"]:
+        spec = SeriesSpec(dose=c["dose"], scene=c["scene"], size=size, n_train=n_train, n_score=n_score,
+                          seed=_seed(c["dose"], c["scene"]))
+        print(spec.key, flush=True)
+        res = run_case(spec, checkpoints={"n2a-default": path},
+                       training_notes={"n2a-default": "bundled (not trained on this series)"},
+                       bm3d=False, baselines=False)
+        (m,) = res.methods
+        c["methods"] = [x for x in c["methods"] if x["key"] != "n2a-default"]
+        c["methods"].append({"key": m.key, "label": m.label, "training": m.training, **m.scores.row(),
+                             "css_curve": m.scores.css_curve})
+    data["header"] = [h for h in data["header"] if not h.startswith("- Bundled default model")]
+    data["header"].append(f"- Bundled default model: added later with `python bench/quality.py --add-default` "
+                          f"on the same seeded series ({_dt.date.today().isoformat()}); not in the image grids.")
+    (args.out / "quality.json").write_text(json.dumps(data, indent=1, allow_nan=True))
+    return _rerender(args.out)
+
+
+def _series_shape(header: list[str], args) -> tuple[int, int, int]:
+    """Frame side, training and scored frame counts as recorded in a report's header."""
+    import re
+
+    for h in header:
+        m = re.search(r"frames (\d+)², (\d+) earlier frames for training and the next (\d+) scored", h)
+        if m:
+            return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return args.size, args.n_train, args.n_score
+
+
+def _rerender(out: Path) -> int:
+    """quality.md again from quality.json (e.g. after a change to the report text)."""
+    from bench.quality_report import cases_from_json
+
+    data = json.loads((out / "quality.json").read_text())
+    md = render_markdown(cases_from_json(data["cases"]), header=data["header"],
+                         figures=[tuple(f) for f in data["figures"]], notes=data["notes"])
+    (out / "quality.md").write_text(md)
+    print(f"rewrote {out / 'quality.md'} from quality.json")
+    return 0
 
 
 if __name__ == "__main__":

@@ -121,13 +121,27 @@ def verdict(cases: list[CaseResult]) -> list[str]:
             ok_s, ok_f = a.ssim > b.ssim, a.f1 > b.f1
             ok_v = not (a.false_per_100nm2 > b.false_per_100nm2)
             passed = ok_s and ok_f and ok_v
+            trained = f" (training: {n2a.training})" if n2a.training not in ("", "–") else ""
             out.append(
-                f"- {scene}, {n2a.label} at dose {c.dose:g}: SSIM {a.ssim:.3f} vs {b.ssim:.3f} "
+                f"- {scene}, {n2a.label}{trained} at dose {c.dose:g}: SSIM {a.ssim:.3f} vs {b.ssim:.3f} "
                 f"({a.ssim - b.ssim:+.3f}), F1 {a.f1:.3f} vs {b.f1:.3f} ({a.f1 - b.f1:+.3f}), false atoms "
                 f"{_f(a.false_per_100nm2, 0)} vs {_f(b.false_per_100nm2, 0)} per 100 nm² → "
                 f"**{'passes' if passed else 'does not pass'}**."
             )
     return out
+
+
+def cases_from_json(data: list[dict]) -> list[CaseResult]:
+    """Rebuild the cases (without image crops) from quality.json's ``cases``."""
+    fields = set(Scores.__dataclass_fields__)
+    cases = []
+    for c in data:
+        case = CaseResult(dose=c["dose"], scene=c["scene"], settings=c["settings"])
+        for m in c["methods"]:
+            sc = Scores(**{k: v for k, v in m.items() if k in fields})
+            case.methods.append(MethodResult(key=m["key"], label=m["label"], scores=sc, training=m["training"]))
+        cases.append(case)
+    return cases
 
 
 def render_markdown(

@@ -21,7 +21,7 @@ def _load(name: str):
 
 def test_quick_baselines_write_a_table_where_gaussian_beats_raw(tmp_path):
     quality = _load("quality")
-    rc = quality.main(["--quick", "--no-train", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
+    rc = quality.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
                        "--work", str(tmp_path / "work")])
     assert rc == 0
     md = (tmp_path / "quality.md").read_text()
@@ -31,7 +31,7 @@ def test_quick_baselines_write_a_table_where_gaussian_beats_raw(tmp_path):
     assert "## Verdict" in md
     for png in ("quality_grid_dose1.png", "quality_css.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    (case,) = json.loads((tmp_path / "quality.json").read_text())
+    (case,) = json.loads((tmp_path / "quality.json").read_text())["cases"]
     rows = {m["key"]: m for m in case["methods"]}
     assert set(rows) == {"raw", "gaussian", "median"}
     assert rows["gaussian"]["ssim"] > rows["raw"]["ssim"]
@@ -99,3 +99,13 @@ def test_verdict_judges_n2a_against_bm3d_at_the_lowest_dose_where_atoms_are_foun
     assert "at dose 1:" in hy and "**does not pass**" in hy
     # the per-case winners come from the numbers: at dose 4 BM3D wins SSIM by 0.1
     assert any(s.startswith("- dose 4 counts") and "best SSIM bm3d (0.900, +0.100" in s for s in lines)
+
+
+def test_rerender_rebuilds_the_same_report_from_json(tmp_path):
+    quality = _load("quality")
+    quality.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
+                  "--work", str(tmp_path / "work")])
+    first = (tmp_path / "quality.md").read_text()
+    (tmp_path / "quality.md").unlink()
+    assert quality.main(["--rerender", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "quality.md").read_text() == first
