@@ -31,6 +31,27 @@ __all__ = [
 _SIGMA = 1.5
 _TRUNCATE = 3.5  # 11-tap window for sigma 1.5, as in Wang et al. 2004 and skimage
 _K1, _K2 = 0.01, 0.03
+_RADIUS = int(_TRUNCATE * _SIGMA + 0.5)  # 5: the border strip left out of the mean
+
+
+def _gauss(v: np.ndarray) -> np.ndarray:
+    return ndimage.gaussian_filter(v, _SIGMA, truncate=_TRUNCATE, mode="reflect")
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local Gaussian mean of ``x`` and of ``x**2``: the per-image half of SSIM's five filters."""
+    return _gauss(x), _gauss(x * x)
+
+
+def _ssim_from_moments(x, mx, y, my, data_range: float) -> float:
+    """SSIM from each image's local moments; only the cross term ``x*y`` is filtered here."""
+    r = _RADIUS
+    (ux, x2), (uy, y2) = mx, my
+    vx, vy = x2 - ux * ux, y2 - uy * uy
+    vxy = _gauss(x * y) - ux * uy
+    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return float(s[r:-r, r:-r].mean(dtype=np.float64))
 
 
 def _as_image(a: np.ndarray, name: str) -> np.ndarray:
@@ -59,20 +80,12 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     x, y = _as_image(a, "a"), _as_image(b, "b")
     if x.shape != y.shape:
         raise ValueError(f"images must have the same shape (got {x.shape} and {y.shape})")
-    r = int(_TRUNCATE * _SIGMA + 0.5)
+    r = _RADIUS
     if min(x.shape) < 2 * r + 1:
         raise ValueError(f"images must be at least {2 * r + 1}x{2 * r + 1} for SSIM (got {x.shape})")
 
-    def f(v: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(v, _SIGMA, truncate=_TRUNCATE, mode="reflect")
-
-    ux, uy = f(x), f(y)
-    vx = f(x * x) - ux * ux
-    vy = f(y * y) - uy * uy
-    vxy = f(x * y) - ux * uy
-    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return float(s[r:-r, r:-r].mean(dtype=np.float64))
+    mx, my = _moments(x), _moments(y)
+    return _ssim_from_moments(x, mx, y, my, data_range)
 
 
 def to_unit(frame: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -146,7 +159,9 @@ class RollingCSS:
             raise ValueError(f"hi must be greater than lo (got lo={lo}, hi={hi})")
         self.window = int(window)
         self.lo, self.hi = float(lo), float(hi)
-        self._prev: np.ndarray | None = None
+        # The previous frame and its local moments: on a stream each frame's own two filters are
+        # reused for the next pair, so an update costs 3 Gaussian filters instead of 5.
+        self._prev: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
         self._values: deque[float] = deque(maxlen=self.window)
 
     def reset(self) -> None:
@@ -160,11 +175,15 @@ class RollingCSS:
         Both are None for the first frame (and after a change of frame shape, which restarts).
         """
         u = to_unit(_as_image(frame, "frame"), self.lo, self.hi)
-        prev, self._prev = self._prev, u
-        if prev is None or prev.shape != u.shape:
+        r = _RADIUS
+        if min(u.shape) < 2 * r + 1:
+            raise ValueError(f"frames must be at least {2 * r + 1}x{2 * r + 1} for CSS (got {u.shape})")
+        m = _moments(u)
+        prev, self._prev = self._prev, (u, m)
+        if prev is None or prev[0].shape != u.shape:
             self._values.clear()
             return None, None
-        value = ssim(u, prev)
+        value = _ssim_from_moments(u, m, prev[0], prev[1], 1.0)
         self._values.append(value)
         return value, float(np.mean(self._values))
 

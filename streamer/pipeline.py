@@ -32,7 +32,6 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .css import StreamingCSS
 from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
 from .stats import StreamStats
@@ -264,11 +263,14 @@ class Stream:
         except BaseException:
             self._close_resources()
             raise
+        from noise2atom.metrics import RollingCSS  # after the engine: keeps `import streamer` light
+
         norm = self.engine.config.normalisation
         model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
-        def make_css() -> tuple[StreamingCSS, StreamingCSS]:
-            return (StreamingCSS(cfg.css_window, lo=0.0, hi=1.0),
-                    StreamingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
+
+        def make_css() -> tuple[RollingCSS, RollingCSS]:
+            return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
+                    RollingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
 
         inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
                          is_droppable=lambda i: isinstance(i, InFrame))

@@ -52,7 +52,7 @@ class Publisher(Worker):
     failed
         Set when this thread fails.
     make_css
-        ``() -> (css_denoised, css_raw)`` pair of fresh ``StreamingCSS`` objects for a new series;
+        ``() -> (css_denoised, css_raw)`` pair of fresh ``noise2atom.metrics.RollingCSS`` objects for a new series;
         ``None``: no CSS (the css fields are nil).
     engine_name, model_id
         For the output header.

@@ -100,6 +100,8 @@ def test_rolling_css_rejects_bad_settings():
         RollingCSS(window=0)
     with pytest.raises(ValueError, match="hi must be greater than lo"):
         RollingCSS(lo=1.0, hi=1.0)
+    with pytest.raises(ValueError, match=r"at least 11x11 for CSS \(got \(8, 8\)\)"):
+        RollingCSS().update(np.zeros((8, 8)))
 
 
 def test_psnr():

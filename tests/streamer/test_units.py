@@ -14,7 +14,7 @@ from streamer.stats import LatencyWindow, RateLimitedLog
 
 
 @pytest.mark.parametrize("module", ["streamer.protocol", "streamer.recorder", "streamer.stats",
-                                    "streamer.queues", "streamer.meta", "streamer.css"])
+                                    "streamer.queues", "streamer.meta"])
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -84,24 +84,3 @@ def test_rate_limited_log_suppresses_and_reports(caplog):
         rl.warning("k", "bad thing")
     assert [r.getMessage() for r in caplog.records] == [
         "bad thing", "bad thing (4 more like it suppressed)"]
-
-
-def test_streaming_css_equals_the_offline_ssim_and_restarts_on_a_new_shape():
-    import numpy as np
-
-    from noise2atom.metrics import ssim, to_unit
-    from streamer.css import StreamingCSS
-
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(90, 200, (40, 48)).astype(np.uint16) for _ in range(5)]
-    c = StreamingCSS(window=2, lo=94, hi=181)
-    got = [c.update(f) for f in frames]
-    u = [to_unit(f, 94, 181) for f in frames]
-    expected = [None] + [ssim(u[t], u[t - 1]) for t in range(1, 5)]
-    assert [g[0] for g in got] == expected  # bit-identical: the same float64 arithmetic
-    assert got[4][1] == pytest.approx((expected[3] + expected[4]) / 2, rel=1e-15)
-    assert c.update(np.zeros((20, 20))) == (None, None)
-    with pytest.raises(ValueError, match=r"at least 11x11 for CSS \(got \(8, 8\)\)"):
-        c2 = StreamingCSS()
-        c2.update(np.zeros((8, 8)))
-        c2.update(np.zeros((8, 8)))
