@@ -5,6 +5,8 @@ Examples
 ``n2a-view --port 5556`` subscribes to ``tcp://127.0.0.1:5556``; ``n2a-view --source
 microscope-pc:5556`` to another machine. ``--screenshot viewer.png --screenshot-after 50`` saves
 the window after 50 displayed frames and quits (works offscreen: ``QT_QPA_PLATFORM=offscreen``).
+``n2a-view --port 5556 --curve-keys keys/`` connects to ``n2a-stream --curve-keys keys/`` as an
+authenticated CURVE client (it reads ``keys/server.key`` and ``keys/client.key_secret``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--port", type=int, help="n2a-stream's output port on --host")
     where.add_argument("--source", help="HOST:PORT or a ZeroMQ endpoint (tcp://HOST:PORT)")
     p.add_argument("--host", default="127.0.0.1", help="host for --port (default: %(default)s)")
+    p.add_argument("--curve-keys", type=Path, metavar="DIR",
+                   help="connect as a CURVE client of n2a-stream --curve-keys DIR: reads DIR/server.key and "
+                        "DIR/client.key_secret (made by n2a-stream --make-keys DIR)")
     p.add_argument("--silence-timeout", type=float, default=5.0, metavar="S",
                    help="seconds without messages before showing 'waiting' again (default: %(default)s)")
     p.add_argument("--refresh-ms", type=int, default=10,
@@ -61,17 +66,19 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from viewer.receiver import CurveClientKeys, FrameReceiver
+
     try:
         address = source_address(args)
         width, height = _parse_size(args.size)
-    except ValueError as e:
+        curve = None if args.curve_keys is None else CurveClientKeys.load(args.curve_keys)
+    except ValueError as e:  # CurveKeyError is a ValueError
         print(f"n2a-view: {e}", file=sys.stderr)
         return 2
 
     import pyqtgraph as pg
     from PySide6 import QtCore
 
-    from viewer.receiver import FrameReceiver
     from viewer.widgets import COLORMAPS
     from viewer.window import ViewerWindow
 
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = pg.mkQApp("n2a-view")
     result = {"rc": 0}
-    with FrameReceiver(address=address) as receiver:
+    with FrameReceiver(address=address, curve=curve) as receiver:
         window = ViewerWindow(source=receiver, refresh_ms=args.refresh_ms,
                               silence_timeout_s=args.silence_timeout, history=args.history,
                               snapshot_dir=args.snapshot_dir)

@@ -13,22 +13,110 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
+import zmq.auth
+from zmq.utils import z85
 
 from streamer import protocol
 from viewer.slot import LatestSlot
 from viewer.stats import LatencyWindow, RateMeter
 
-__all__ = ["FrameHeader", "ReceivedFrame", "ReceiverStatus", "FrameReceiver", "ReceiverError", "normalise_address"]
+__all__ = ["CurveClientKeys", "CurveKeyError", "FrameHeader", "ReceivedFrame", "ReceiverStatus", "FrameReceiver",
+           "ReceiverError", "normalise_address"]
 
 
 class ReceiverError(RuntimeError):
     """The receiver thread failed or did not stop in time."""
+
+
+class CurveKeyError(ValueError):
+    """A CURVE key directory is missing, incomplete or holds an unreadable key file."""
+
+
+_Z85_KEY_LENGTH = 40  # a 32-byte CURVE key, Z85-encoded, as zmq.auth writes it
+
+
+def _read_key_file(path: Path, *, need_secret: bool) -> tuple[bytes, bytes | None]:
+    """Read one ``zmq.auth`` key file and check its keys look like Z85 CURVE keys."""
+    what = "a zmq.auth key file with public-key and secret-key" if need_secret else \
+        "a zmq.auth key file with a public-key"
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise CurveKeyError(f"--curve-keys: expected {what} in {path} (got {type(e).__name__}: {e})") from e
+    if need_secret and secret is None:
+        raise CurveKeyError(f"--curve-keys: expected {what} in {path} (got no secret-key)")
+    for name, key in (("public-key", public), ("secret-key", secret)):
+        if key is None:
+            continue
+        try:
+            valid = len(key) == _Z85_KEY_LENGTH and len(z85.decode(key)) == 32
+        except (KeyError, ValueError):  # z85.decode raises KeyError on a character outside Z85
+            valid = False
+        if not valid:
+            raise CurveKeyError(f"--curve-keys: expected a {_Z85_KEY_LENGTH}-character Z85 {name} in {path} "
+                                f"(got {len(key)} characters that are not a Z85 key)")
+    return public, secret
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveClientKeys:
+    """What a CURVE client needs: its own key pair and the server's public key.
+
+    The key directory has the layout ``n2a-stream --make-keys DIR`` writes (see
+    ``docs/protocol.md``): the viewer reads ``server.key`` (the stream's public key) and
+    ``client.key_secret`` (its own key pair, whose public half must be in the stream's
+    ``authorized_clients/``). Read with ``zmq.auth`` directly: the viewer imports nothing from the
+    streamer but its protocol.
+    """
+
+    directory: Path
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes = dataclasses.field(repr=False)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> CurveClientKeys:
+        """Read ``server.key`` and ``client.key_secret`` from `directory`.
+
+        Raises
+        ------
+        CurveKeyError
+            A one-line message saying which file was expected and what was found instead.
+        """
+        d = Path(directory)
+        if not zmq.has("curve"):
+            raise CurveKeyError(f"--curve-keys {d}: expected a libzmq with CURVE support (got libzmq "
+                                f"{zmq.zmq_version()} without it)")
+        if not d.is_dir():
+            got = "a file, not a directory" if d.exists() else "no such directory"
+            raise CurveKeyError(f"--curve-keys {d}: expected a key directory made by n2a-stream --make-keys "
+                                f"(got {got})")
+        missing = [name for name in ("server.key", "client.key_secret") if not (d / name).is_file()]
+        if missing:
+            try:
+                got = f"{sorted(p.name for p in d.iterdir())}, missing {missing}"
+            except OSError as e:
+                got = f"an unreadable directory: {e}"
+            raise CurveKeyError(f"--curve-keys {d}: expected server.key and client.key_secret "
+                                f"(make them with n2a-stream --make-keys DIR) (got {got})")
+        server_public, _ = _read_key_file(d / "server.key", need_secret=False)
+        client_public, client_secret = _read_key_file(d / "client.key_secret", need_secret=True)
+        return cls(directory=d, server_public=server_public, client_public=client_public,
+                   client_secret=client_secret)
+
+    def configure(self, socket: zmq.Socket) -> None:
+        """Make `socket` a CURVE client of the server key (call before connect)."""
+        socket.curve_secretkey = self.client_secret
+        socket.curve_publickey = self.client_public
+        socket.curve_serverkey = self.server_public
 
 
 def normalise_address(source: str) -> str:
@@ -151,6 +239,9 @@ class FrameReceiver:
     history : int
         How many frame headers (for the CSS plot) are kept until the GUI takes them; older ones
         fall off (counted in `ReceiverStatus.headers_overflowed`).
+    curve : CurveClientKeys, optional
+        Connect as an authenticated CURVE client (for ``n2a-stream --curve-keys DIR``). Without the
+        right keys the handshake never completes and no message arrives: the viewer keeps waiting.
 
     Examples
     --------
@@ -167,8 +258,10 @@ class FrameReceiver:
         latency_window_s: float = 5.0,
         rcvhwm: int = 16,
         history: int = 600,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         self.address = normalise_address(address)
+        self.curve = curve
         self._poll_ms = int(poll_ms)
         self._rcvhwm = int(rcvhwm)
         self._slot: LatestSlot[ReceivedFrame] = LatestSlot()
@@ -276,6 +369,8 @@ class FrameReceiver:
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if self.curve is not None:
+                self.curve.configure(sock)
             sock.connect(self.address)
             self._ready.set()
             while not self._stop.is_set():
