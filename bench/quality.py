@@ -189,6 +189,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bm3d-oracle", action="store_true",
                    help="also BM3D with sigma picked with the truth of the separate series (slow)")
     p.add_argument("--reuse", action="store_true", help="reuse in-series checkpoints already in --work")
+    p.add_argument("--retrain", nargs="*", default=[], choices=TRAIN_METHODS,
+                   help="with --reuse: train these methods afresh anyway")
     p.add_argument("--add-default", action="store_true",
                    help="run only the bundled default model and add its rows to --out/quality.json "
                         "(same seeded series), then rewrite quality.md")
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods:
                     path = args.work / f"{spec.key}-{method}.safetensors"
                     info = train_in_series(method=method, frames=series.train_noisy, meta=series.score.meta,
-                                           minutes=args.minutes, path=path, reuse=args.reuse,
+                                           minutes=args.minutes, path=path,
+                                           reuse=args.reuse and method not in args.retrain,
                                            quick=args.quick)
                     ckpts[f"n2a-{method}"] = path
                     notes[f"n2a-{method}"] = info
@@ -279,11 +282,15 @@ def _write(cases: list[CaseResult], args, *, machine: str, started: str, methods
               "CPU (iterations reached in the training column) — what a user could spend at the microscope; "
               "the issue allows up to 20, but 3 models × 6 cases on our shared 2-core machine within the "
               "session's time did not allow more")
+    reused = [m for m in methods if args.reuse and m not in args.retrain]
     header = [
         f"- Date: {started}; total run time {elapsed_s / 60:.0f} min.",
         f"- Command: `{cmd}`.",
         f"- Machine: {machine}.",
         f"- Training budget: {budget}.",
+        *([f"- Checkpoints of {', '.join(reused)} reused from an earlier run of this benchmark (same series, "
+           "same budget; their iterations are in the training column); the other models trained in this run."]
+          if reused else []),
         f"- n2a `paper` generator: not included — none is trained (it is meant for GPUs; a CPU run in our "
         "budget would not be a fair showing).",
         "- Bundled default model: " + ("included (models/default.safetensors)." if have_default else

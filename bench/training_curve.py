@@ -53,7 +53,7 @@ def _parse(argv):
     p.add_argument("--work", type=Path, default=ROOT / "build" / "training_curve")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=40)
-    p.add_argument("--n-score", type=int, default=8)
+    p.add_argument("--n-score", type=int, default=6)
     p.add_argument("--no-bm3d", action="store_true", help="leave the BM3D reference line out")
     return p.parse_args(argv)
 
@@ -117,7 +117,7 @@ def _markdown(rows, refs, *, spec, machine, started, cmd, elapsed_min) -> str:
         f"- Machine: {machine}. No GPU was available to this run, so there is no GPU curve.",
         f"- Series: `noise2atom.stem_sim` {spec.scene}, {spec.dose:g} counts at an atom's peak, "
         f"{spec.size}², {spec.n_train} earlier frames for training, the next {spec.n_score} scored "
-        "(the same case as in quality.md).",
+        "(the same seeded series and training frames as that case in quality.md).",
         "- One run per method (`n2a-train --minutes STEP`, then `--resume` per step: an exact "
         "continuation); each snapshot runs through ONNX Runtime and is scored like quality.md's rows.",
         "- Minutes are wall-clock on a shared machine, so iterations per minute vary with the load; the "
