@@ -92,7 +92,12 @@ def test_after_n_frames_images_and_css_hold_frame_n(qtbot, make_window, publishe
     np.testing.assert_array_equal(css_raw, want_raw)
     np.testing.assert_array_equal(css, want_den)
     # The curves, big labels and status bar follow at a few Hz.
-    qtbot.waitUntil(lambda: len(window.css_plot.denoised_curve.getData()[1]) == n)
+    # getData() gives (None, None) until the throttled (4 Hz) plot refresh has run once
+    def plotted(curve):
+        y = curve.getData()[1]
+        return 0 if y is None else len(y)
+
+    qtbot.waitUntil(lambda: plotted(window.css_plot.denoised_curve) == n)
     np.testing.assert_array_equal(window.css_plot.denoised_curve.getData()[1], want_den)
     np.testing.assert_array_equal(window.css_plot.raw_curve.getData()[1], want_raw)
     assert f"{sent[-1][2]['css']:.3f}" in window.css_plot.denoised_label.text()
