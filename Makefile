@@ -24,16 +24,16 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m streamer.demo --frames $(DEMO_FRAMES)
 
 bench-engines: $(BIN)/.installed
-	$(BIN)/python bench/engines.py
+	$(BIN)/python -m bench.engines
 
 bench-latency: $(BIN)/.installed
-	$(BIN)/python bench/latency.py
+	$(BIN)/python -m bench.latency
 
 bench-quality: $(BIN)/.installed
-	$(BIN)/python bench/quality.py
+	$(BIN)/python -m bench.quality
 
 bench-viewer: $(BIN)/.installed
-	$(BIN)/python bench/viewer.py
+	$(BIN)/python -m bench.viewer
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
