@@ -58,6 +58,7 @@ __all__ = [
     "encode_end",
     "encode_frame",
     "encode_start",
+    "drain_subscriptions",
     "send_message",
 ]
 
@@ -466,3 +467,23 @@ def decode(parts: Sequence[Any]) -> Message:
         arr = np.frombuffer(view, dtype=dt).reshape(h, w)
         arrays[name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
     return Message(type=kind, series=series, seq=header["seq"], arrays=arrays, header=header)
+
+
+def drain_subscriptions(socket: Any) -> int:
+    """Read the pending (un)subscription messages of an XPUB socket without blocking.
+
+    Returns the net change in subscribers: +1 per subscribe (first byte 1), -1 per unsubscribe
+    (first byte 0). Our PUB sockets are XPUBs so sources and the stream know when a viewer joined.
+    """
+    import zmq  # local: decoding needs no ZeroMQ
+
+    change = 0
+    while True:
+        try:
+            msg = socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return change
+        if msg[:1] == b"\x01":
+            change += 1
+        elif msg[:1] == b"\x00":
+            change -= 1

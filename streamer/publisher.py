@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .protocol import encode_end, encode_frame, encode_start, send_message
+from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
 from .queues import FrameQueue
 from .stats import StreamStats
 from .subscriber import EndMarker, InFrame, SeriesState
@@ -74,15 +74,7 @@ class Publisher(Worker):
         self._css = None
 
     def _drain_subscriptions(self) -> None:
-        while True:
-            try:
-                msg = self.socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if msg[:1] == b"\x01":
-                self.subscriptions += 1
-            elif msg[:1] == b"\x00":
-                self.subscriptions = max(0, self.subscriptions - 1)
+        self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
 
     def _send(self, parts: list[Any]) -> None:
         send_message(self.socket, parts, flags=zmq.NOBLOCK)

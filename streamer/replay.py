@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import encode_end, encode_frame, encode_start, send_message
+from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
 
 __all__ = ["Replay", "main", "simulated_source"]
 
@@ -158,15 +158,8 @@ class Replay:
         return self.endpoint
 
     def _drain_subscriptions(self) -> None:
-        if self.pattern != "pub":
-            return
-        while True:
-            try:
-                msg = self.socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if msg[:1] == b"\x01":
-                self.subscriptions += 1
+        if self.pattern == "pub":
+            self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
 
     def _send(self, parts: list[Any]) -> bool:
         """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""

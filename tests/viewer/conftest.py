@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +165,36 @@ def make_frame():
 def subscribe(qtbot):
     """`subscribe(publisher, receiver, series="s1")`: wait out the PUB/SUB slow joiner."""
     return lambda publisher, receiver, series="s1": _subscribe(qtbot, publisher, receiver, series)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_viewer_screenshot(publisher, make_frame, args: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``python -m viewer.app ARGS`` (with --screenshot) while ``publisher`` feeds it frames.
+
+    Returns the exit code and the combined output; the process is killed if it outlives ``timeout``.
+    """
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "viewer.app", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        i = 0
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            raw, den = make_frame(i)
+            publisher.frame(raw, den, seq=i, series="cli")
+            i += 1
+            time.sleep(0.05)
+        out = proc.communicate(timeout=15)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out
+
+
+@pytest.fixture
+def run_viewer_screenshot(make_frame):
+    """``run(publisher, args, timeout) -> (returncode, output)``: n2a-view fed by a real socket."""
+    return lambda publisher, args, timeout: _run_viewer_screenshot(publisher, make_frame, args, timeout)

@@ -1,11 +1,7 @@
 """`n2a-view` as a program: arguments, and a real run that takes a screenshot offscreen."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +10,6 @@ from PySide6 import QtGui
 from viewer.app import main
 from viewer.receiver import FrameReceiver, normalise_address
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bad_arguments_fail_with_a_clear_message(capsys):
@@ -43,27 +38,11 @@ def test_receiver_stop_is_bounded_and_restart_refused():
     assert not rx.status().running and rx.status().error is None
 
 
-def test_n2a_view_screenshot_from_a_live_socket(publisher, tmp_path, make_frame):
+def test_n2a_view_screenshot_from_a_live_socket(publisher, tmp_path, run_viewer_screenshot):
     png = tmp_path / "shot.png"
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "viewer.app", "--port", str(publisher.port), "--size", "900x600",
-         "--screenshot", str(png), "--screenshot-after", "5", "--timeout", "60"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        i = 0
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            raw, den = make_frame(i)
-            publisher.frame(raw, den, seq=i, series="cli")
-            i += 1
-            time.sleep(0.05)
-        out = proc.communicate(timeout=15)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out
+    rc, out = run_viewer_screenshot(publisher, ["--port", str(publisher.port), "--size", "900x600",
+        "--screenshot", str(png), "--screenshot-after", "5", "--timeout", "60"], 60)
+    assert rc == 0, out
     assert f"saved {png}" in out
     image = QtGui.QImage(str(png))
     assert not image.isNull() and (image.width(), image.height()) == (900, 600)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,6 @@ from viewer.app import main
 from viewer.receiver import CurveClientKeys, CurveKeyError, FrameReceiver
 from viewer.window import ViewerWindow
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # The offscreen platform cannot resize native windows; Qt says so once per window. Not our warning.
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
@@ -159,27 +156,11 @@ def test_unreadable_key_files_are_reported(tmp_path, key_dir):
     assert "client_secret" not in repr(keys)
 
 
-def test_n2a_view_curve_keys_screenshot_from_a_curve_stream(curve_publisher, key_dir, tmp_path, make_frame):
+def test_n2a_view_curve_keys_screenshot_from_a_curve_stream(curve_publisher, key_dir, tmp_path, run_viewer_screenshot):
     png = tmp_path / "shot.png"
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "viewer.app", "--port", str(curve_publisher.port), "--curve-keys", str(key_dir),
-         "--size", "900x600", "--screenshot", str(png), "--screenshot-after", "3", "--timeout", "30"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        i = 0
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            raw, den = make_frame(i)
-            curve_publisher.frame(raw, den, seq=i, series="cli")
-            i += 1
-            time.sleep(0.05)
-        out = proc.communicate(timeout=15)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out
+    rc, out = run_viewer_screenshot(curve_publisher, ["--port", str(curve_publisher.port), "--curve-keys", str(key_dir),
+        "--size", "900x600", "--screenshot", str(png), "--screenshot-after", "3", "--timeout", "30"], 30)
+    assert rc == 0, out
     assert f"saved {png}" in out
     image = QtGui.QImage(str(png))
     assert not image.isNull() and (image.width(), image.height()) == (900, 600)
