@@ -291,7 +291,7 @@ def _write(cases: list[CaseResult], args, *, machine: str, started: str, methods
         *([f"- Checkpoints of {', '.join(reused)} reused from an earlier run of this benchmark (same series, "
            "same budget; their iterations are in the training column); the other models trained in this run."]
           if reused else []),
-        f"- n2a `paper` generator: not included — none is trained (it is meant for GPUs; a CPU run in our "
+        "- n2a `paper` generator: not included — none is trained (it is meant for GPUs; a CPU run in our "
         "budget would not be a fair showing).",
         "- Bundled default model: " + ("included (models/default.safetensors)." if have_default else
                                        "not included — models/default.safetensors does not exist yet."),

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from bench.quality import GAUSSIAN_SIGMAS, _machine, _seed  # noqa: E402
 from bench.quality_denoisers import (  # noqa: E402

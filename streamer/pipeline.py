@@ -120,7 +120,6 @@ class Denoiser(Worker):
             log.warning("n2a-stream: the engine refused frame seq %d of %s: %s",
                         item.seq, item.series.name, e)
             return None
-        t2 = time.perf_counter_ns()
         if self.delay_s:
             time.sleep(self.delay_s)
         t3 = time.perf_counter_ns()

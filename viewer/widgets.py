@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6 import QtCore, QtWidgets
 
 __all__ = ["COLORMAPS", "FrameImageItem", "ImagePanel", "CssPlot", "robust_levels", "colormap", "format_value"]
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from viewer.receiver import FrameHeader, ReceivedFrame, ReceiverError, ReceiverStatus

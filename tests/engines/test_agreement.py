@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import engines
-from engines.export import FP32_PREFIX, INPUT_NAME, OPSET, export_onnx
+from engines.export import FP32_PREFIX, INPUT_NAME, export_onnx
 
 TOL = 1e-4
 SHAPES = [(64, 64), (200, 304), (512, 512)]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from stream_testutils import SHAPE, Collector, cli_env, wait_until
+from stream_testutils import SHAPE, Collector, cli_env
 from noise2atom.stem_sim import StemSimulator
 from streamer.cli import main as stream_main
 from streamer.recorder import read_recording
