@@ -210,13 +210,20 @@ class Replay:
             seq += 1
             self.sent = seq
             self._drain_subscriptions()
-        # The end marker goes out even after a stop: it is a single small message.
+        # The end marker goes out even after a stop: it is a single small message. It is sent
+        # zero-copy and tracked: once ZeroMQ has released it, every frame before it has left our
+        # queue too, so a close with linger 0 right after run() loses neither.
         if self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT):
             try:
-                send_message(self.socket, encode_end(self.series, count=self.sent),
-                             flags=zmq.NOBLOCK)
+                tracker = send_message(self.socket, encode_end(self.series, count=self.sent),
+                                       flags=zmq.NOBLOCK, copy_threshold=0, track=True)
             except zmq.Again:
-                pass
+                tracker = None
+            if tracker is not None:
+                try:
+                    tracker.wait(1.0)
+                except zmq.NotDone:
+                    log.warning("n2a-replay: the end message was not sent within 1 s")
         return self.sent
 
     # -- thread use (tests, benchmarks) -------------------------------------------------------
