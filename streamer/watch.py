@@ -253,6 +253,7 @@ class FolderWatcher:
         self._pending: dict[str, _Pending] = {}
         self._sent: OrderedDict[tuple[int, int], _Sent] = OrderedDict()
         self.seq = 0
+        self._started = False
         self.polls = 0
         self.files_seen = 0
         self.files_sent = 0
@@ -416,6 +417,9 @@ class FolderWatcher:
             first = earlier.frames  # a stack that was appended to: only its new frames
         meta = flat_meta(dict(stack.meta))
         meta["source"] = name
+        if not self._started:  # sent once someone listens, so a PUB subscriber gets it too
+            self._started = self._send(encode_start(self.series, meta=meta, source="n2a-watch",
+                                                    folder=str(self.folder)))
         for i in range(first, len(frames)):
             frame = wire_frame(frames[i])
             parts = encode_frame(frame, seq=self.seq, series=self.series,
@@ -458,12 +462,10 @@ class FolderWatcher:
         if self.existing == "skip":
             for name, st in self._scan().items():
                 self._sent[self._identity(st, name)] = _Sent(name, st.st_size, st.st_mtime_ns, 0)
-        if not self._send(encode_start(self.series, source="n2a-watch", folder=str(self.folder))):
-            return self.seq
         while not self.stop_event.is_set():
             self.poll()
             self.stop_event.wait(self.poll_interval_s)
-        if self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT):
+        if self._started and (self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT)):
             try:
                 tracker = send_message(self.socket, encode_end(self.series, count=self.seq),
                                        flags=zmq.NOBLOCK, copy_threshold=0, track=True)

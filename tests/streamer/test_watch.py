@@ -118,12 +118,16 @@ def test_tiff_written_in_pieces_is_sent_once_complete(tmp_path, zmq_ctx):
         _write_in_chunks(tmp_path / "frame_0001.tif", data, [5000, len(data) - 4000], w, col)
         col.wait_for(lambda: len(col.frames) >= 3, DEADLINE, "the TIFF's three frames")
         _polls_pass(w, 10)  # and nothing more after that
+        w.stop_event.set()
+        col.wait_for(lambda: any(m.type == "end" for m in col.messages), DEADLINE, "the end")
     finally:
         w.close()
         col.stop()
     assert not col.errors
     got = col.frames
     assert [m.seq for m in got] == [0, 1, 2]
+    assert [m.type for m in col.messages] == ["start", "frame", "frame", "frame", "end"]
+    assert col.messages[0].meta["pixel_size_nm"] == 0.02
     assert len({m.series for m in got}) == 1 and got[0].series.startswith("watch-")
     for i, m in enumerate(got):
         np.testing.assert_array_equal(m.frame, stack[i])
