@@ -23,8 +23,8 @@ Rules
   itself when the frame shape or dtype changes.
 - Never twice: a sent file is remembered by its identity (device + inode) with its size, mtime and
   frame count, so a rename after sending sends nothing. A file that grows after it was sent (a stack
-  being appended to) sends only its new frames; a file rewritten in place is new content and is sent
-  again. The memory is bounded (``max_remembered`` files, oldest forgotten first).
+  being appended to: more frames, the last one sent still in its place) sends only its new frames;
+  a file rewritten in place is new content and is sent again. The memory is bounded (``max_remembered`` files, oldest forgotten first).
 - A file renamed or deleted while it is read is counted as ``vanished`` and logged; a renamed one is
   picked up again under its new name.
 - Meta: the file's acquisition settings as flat scalars (``pixel_size_nm``, ``dwell_time_us``,
@@ -48,6 +48,7 @@ Watch the folder DigitalMicrograph saves into; ``n2a-stream`` subscribes to port
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -187,6 +188,11 @@ class _Sent:
     size: int
     mtime_ns: int
     frames: int
+    last_digest: bytes = b""  # of the last frame sent: tells an appended stack from a new file
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
 
 
 class FolderWatcher:
@@ -413,7 +419,8 @@ class FolderWatcher:
             return 0
         frames = stack.frames
         first = 0
-        if earlier is not None and st.st_size > earlier.size and len(frames) > earlier.frames:
+        if (earlier is not None and st.st_size > earlier.size and len(frames) > earlier.frames
+                and _digest(frames[earlier.frames - 1]) == earlier.last_digest):
             first = earlier.frames  # a stack that was appended to: only its new frames
         meta = flat_meta(dict(stack.meta))
         meta["source"] = name
@@ -429,7 +436,8 @@ class FolderWatcher:
             self.seq += 1
         del self._pending[name]
         key = self._identity(st, name)
-        self._sent[key] = _Sent(name, st.st_size, st.st_mtime_ns, len(frames))
+        self._sent[key] = _Sent(name, st.st_size, st.st_mtime_ns, len(frames),
+                                _digest(frames[-1]))
         self._sent.move_to_end(key)
         while len(self._sent) > self.max_remembered:
             self._sent.popitem(last=False)

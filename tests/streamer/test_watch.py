@@ -256,11 +256,12 @@ def test_garbage_rename_and_delete_while_reading(tmp_path, zmq_ctx):
     assert "(got FrameReadError:" in w.rejections[0]
 
 
-def test_a_stack_that_grows_sends_only_its_new_frames(tmp_path, zmq_ctx):
+def test_a_stack_that_grows_sends_only_its_new_frames_a_rewritten_one_all(tmp_path, zmq_ctx):
     h5py = pytest.importorskip("h5py")
     path = tmp_path / "series.h5"
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 100, (5, 16, 16), dtype=np.uint16)
+    rewritten = rng.integers(1000, 2000, (7, 16, 16), dtype=np.uint16)
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("frames", data=stack[:2], maxshape=(None, 16, 16))
         ds.attrs["pixel_size_nm"] = 0.05
@@ -272,16 +273,25 @@ def test_a_stack_that_grows_sends_only_its_new_frames(tmp_path, zmq_ctx):
             f["frames"][2:] = stack[2:]
         col.wait_for(lambda: len(col.frames) >= 5, DEADLINE, "the three appended frames")
         _polls_pass(w, 10)
+        inode = path.stat().st_ino
+        # Rewritten in place: same inode, more bytes and more frames, but other frames (the last
+        # one sent is not there any more): new content, sent whole.
+        size = path.stat().st_size
+        with h5py.File(path, "w") as f:
+            f.create_dataset("frames", data=rewritten, maxshape=(None, 16, 16))
+        assert path.stat().st_ino == inode and path.stat().st_size > size
+        col.wait_for(lambda: len(col.frames) >= 12, DEADLINE, "the rewritten file's frames")
+        _polls_pass(w, 10)
     finally:
         w.close()
         col.stop()
     got = col.frames
-    assert [m.meta["frame_index"] for m in got] == [0, 1, 2, 3, 4]
-    assert [m.seq for m in got] == [0, 1, 2, 3, 4]
-    for m, want in zip(got, stack):
+    assert [m.meta["frame_index"] for m in got] == [*range(5), *range(7)]
+    assert [m.seq for m in got] == list(range(12))
+    for m, want in zip(got, [*stack, *rewritten]):
         np.testing.assert_array_equal(m.frame, want)
     assert got[0].meta["pixel_size_nm"] == 0.05
-    assert w.summary()["files_seen"] == 1 and w.summary()["files_sent"] == 2
+    assert w.summary()["files_seen"] == 1 and w.summary()["files_sent"] == 3
 
 
 def test_watch_feeds_n2a_stream(tmp_path, zmq_ctx, lite_model):
