@@ -180,7 +180,56 @@ def _read_rsciio(path: Path, ext: str) -> tuple[np.ndarray, dict[str, Any]]:
         factor = {"nm": 1.0, "pm": 1e-3, "Å": 0.1, "A": 0.1, "µm": 1e3, "um": 1e3}.get(units)
         if scale and factor:
             meta["pixel_size_nm"] = float(scale) * factor
+    meta.update(_acquisition_settings(it))
     return np.asarray(it["data"]), meta
+
+
+def _lookup(tree: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _acquisition_settings(item: dict[str, Any]) -> dict[str, Any]:
+    """n2a's flat acquisition keys (``voltage_kV``, ``dwell_time_us``, ...) from a vendor file.
+
+    RosettaSciIO returns the vendor's tags (``original_metadata``) and a ``mapping`` from them to
+    HyperSpy's metadata paths, with unit conversions, which HyperSpy applies on load; we apply the
+    few that the model's settings check needs, plus two Velox tags the mapping leaves out.
+    """
+    original = item.get("original_metadata") or {}
+    wanted = {  # HyperSpy path -> (our key, factor from HyperSpy's unit to ours)
+        "Acquisition_instrument.TEM.beam_energy": ("voltage_kV", 1.0),  # kV
+        "Acquisition_instrument.TEM.dwell_time": ("dwell_time_us", 1e6),  # s
+        "Acquisition_instrument.TEM.beam_current": ("beam_current_pA", 1e3),  # nA
+        "Acquisition_instrument.TEM.Detector.Camera.Name": ("detector", None),
+    }
+    out: dict[str, Any] = {}
+    for src, target in (item.get("mapping") or {}).items():
+        dst, convert = target if isinstance(target, tuple) else (target, None)
+        if dst not in wanted or _lookup(original, src) is None:
+            continue
+        key, factor = wanted[dst]
+        try:
+            value = _lookup(original, src)
+            value = convert(value) if convert is not None else value
+            value = str(value) if factor is None else float(value) * factor
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue  # a tag in an unexpected form is left out, not guessed
+        if factor is None or (np.isfinite(value) and value > 0):  # DM writes 0 for "unknown"
+            out[key] = value
+    dwell = _lookup(original, "Scan.DwellTime")  # Velox: seconds, as a string
+    if "dwell_time_us" not in out and dwell is not None:
+        try:
+            out["dwell_time_us"] = float(dwell) * 1e6
+        except (TypeError, ValueError):
+            pass
+    title = _lookup(item.get("metadata") or {}, "General.title")
+    if "detector" not in out and "DetectorMetadata" in original and title:
+        out["detector"] = str(title)  # Velox names each image after its detector (HAADF, DF4...)
+    return out
 
 
 def read_frames(path: str | os.PathLike[str], *, dataset: str | None = None) -> FrameStack:
