@@ -349,6 +349,8 @@ class Stream:
             for ev in (self.stop_input, self.input_done, self.denoise_stop, self.publish_stop):
                 ev.set()
         self._t_stop = time.monotonic()
+        if self.recorder is not None and not any(t.is_alive() for t in self._threads):
+            self.recorder.close()  # flushed first, so the summary counts what reached the disk
         self._summary = self.summary()
         self._close_resources()
         for t in self._threads:
@@ -435,6 +437,8 @@ class Stream:
             "css_raw_mean": st.css_mean("css_raw"), "css_mean": st.css_mean("css"),
             "engine": self.engine_name if self.engine_info else None, "model": self.model_id,
             "recorded": self.recorder.counts() if self.recorder is not None else None,
+            "not_recorded": self.recorder.not_recorded() if self.recorder is not None else None,
+            "recording_error": self.recorder.error if self.recorder is not None else None,
         }
 
     def summary_text(self, summary: dict[str, Any] | None = None) -> str:
@@ -454,4 +458,9 @@ class Stream:
             f"denoised {f(s['css_mean'], '.3f')}; engine {s['engine']}, model {s['model']}",
             "n2a-stream summary: " + json.dumps(s, default=str),
         ]
+        if s.get("recording_error"):
+            lines.insert(2, f"n2a-stream: RECORDING STOPPED: {s['recording_error']}; recorded "
+                            f"{s['recorded']}, not recorded {s['not_recorded']}")
+        elif s.get("recorded") is not None:
+            lines.insert(2, f"n2a-stream: recorded {s['recorded']}")
         return "\n".join(lines)
