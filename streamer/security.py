@@ -146,7 +146,7 @@ def link_keys(directory: str | os.PathLike, link: Link) -> CurveKeys:
     if d.name == link and d.is_dir():
         return CurveKeys.load(d)
     raise FileNotFoundError(
-        f"--curve-keys {d}: expected a {link}/ key folder (DIR/acquisition and DIR/viewer, made "
+        f"--curve-keys {d}: expected the {link}/ key folder (DIR/acquisition and DIR/viewer, made "
         f"by n2a-stream --make-keys DIR; one key set for both links is no longer accepted) (got "
         f"{sorted(p.name for p in d.iterdir()) if d.is_dir() else 'no such directory'})")
 

@@ -49,7 +49,7 @@ def test_the_two_links_have_different_keys(tmp_path):
     assert acq.server_public != view.server_public and acq.client_public != view.client_public
     assert link_keys(top / "viewer", "viewer") == view  # the link folder itself also works
     (tmp_path / "flat").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"expected a acquisition/ key folder.*\(got \[\]\)"):
+    with pytest.raises(FileNotFoundError, match=r"expected the acquisition/ key folder.*\(got \[\]\)"):
         link_keys(tmp_path / "flat", "acquisition")
 
 
