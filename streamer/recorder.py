@@ -97,8 +97,11 @@ class _ChunkWriter:
         self.index = existing[-1][0] + 1 if existing else 0
         self.file: Any = None
         self.size = 0              # bytes in the current chunk, buffered ones included
-        self.buffer = bytearray()  # records not yet handed to the OS
-        self.ends: list[int] = []  # where each buffered record ends in ``buffer``
+        # Records not yet handed to the OS: small ones copied, large ones as views of the caller's
+        # parts (flushed before write() returns, so the caller's buffers are not held).
+        self.buffer: list[Any] = []
+        self.buffered = 0          # bytes in ``buffer``
+        self.ends: list[int] = []  # where each buffered record ends, counted from the buffer start
         self.oldest = 0.0          # when the oldest buffered record was written
         self.records = 0           # records handed to the OS
         self.bytes = 0
@@ -126,13 +129,15 @@ class _ChunkWriter:
                 self.size = 0
             if not self.buffer:
                 self.oldest = time.monotonic()
-            self.buffer += head
-            for v in views:
-                self.buffer += v
-            self.buffer += struct.pack("<I", crc)
-            self.ends.append(len(self.buffer))
+            record = [head, *views, struct.pack("<I", crc)]
+            if n < _MAX_BUFFER:
+                self.buffer.append(b"".join(record))
+            else:
+                self.buffer.extend(record)
+            self.buffered += n
+            self.ends.append(self.buffered)
             self.size += n
-            if len(self.ends) >= self.flush_every or len(self.buffer) >= _MAX_BUFFER:
+            if len(self.ends) >= self.flush_every or self.buffered >= _MAX_BUFFER:
                 self._flush()
 
     def flush_if_due(self, now: float) -> None:
@@ -143,33 +148,41 @@ class _ChunkWriter:
             elif self.buffer and now - self.oldest >= self.flush_interval_s:
                 self._flush()
 
-    def _flush(self) -> None:
-        """Hand the buffer to the OS; count the whole records that made it (lock held)."""
-        if not self.buffer or self.off:
-            return
+    def _write_buffer(self) -> tuple[int, OSError | None]:
+        """Write the buffered records to the current chunk (opened if needed): (bytes written, error)."""
         written = 0
         try:
             if self.file is None:
                 path = self.directory / f"{self.kind}-{self.index:05d}{SUFFIX}"
                 self.index += 1
                 self.file = open(path, "xb", buffering=0)
-            view = memoryview(self.buffer)
-            while written < len(view):
-                written += self.file.write(view[written:])
+            for segment in self.buffer:
+                view = memoryview(segment)
+                while view:  # a raw write may take only part (a full disk takes what fits)
+                    n = self.file.write(view)
+                    written += n
+                    view = view[n:]
         except OSError as e:
-            self._count(written)
-            self.recorder._fail(self.kind, e)
-            self._turn_off()
+            return written, e
+        return written, None
+
+    def _flush(self) -> None:
+        """Hand the buffer to the OS; count the whole records that made it (lock held)."""
+        if not self.buffer or self.off:
             return
+        written, error = self._write_buffer()
         self._count(written)
+        if error is not None:
+            self.recorder._fail(self.kind, error)
+            self._turn_off()
 
     def _count(self, written: int) -> None:
+        """Settle the buffer: records wholly written are recorded, the rest are not."""
         done = sum(1 for end in self.ends if end <= written)
         self.records += done
         self.bytes += self.ends[done - 1] if done else 0
         self.dropped += len(self.ends) - done
-        self.buffer = bytearray()
-        self.ends = []
+        self.buffer, self.buffered, self.ends = [], 0, []
 
     def _close_file(self, fsync: bool = False) -> None:
         if self.file is None:
@@ -191,13 +204,8 @@ class _ChunkWriter:
         if self.off:
             return
         self.off = True
-        if self.buffer and self.file is not None:
-            try:
-                written = self.file.write(self.buffer)
-            except OSError:
-                written = 0
-            self._count(written or 0)
-        self._count(0)
+        if self.buffer:
+            self._count(self._write_buffer()[0])
         self._close_file()
 
     def close(self, fsync: bool) -> None:
