@@ -6,6 +6,12 @@ graph). The checkpoint's sha256 is stored in the ONNX ``metadata_props``, so an 
 from another model is refused instead of silently run. Nodes that belong to normalisation layers are
 renamed with the prefix :data:`FP32_PREFIX`, so the TensorRT builder can keep them in fp32.
 
+Every cache file n2a writes (this ONNX export, TensorRT plans and timing caches) gets a sidecar
+``<file>.sha256`` (``sha256sum`` format) with the hash of the bytes as they were written, put in
+place before the file itself is renamed into place. A cached file is used only when its bytes match
+that recorded hash (:func:`cache_problem`, :func:`read_cached`), never on the strength of a hash it
+declares itself; a corrupt or tampered file, or one without a sidecar, is rebuilt with a warning.
+
 We use the torch.export-based exporter (``dynamo=True``, the default since PyTorch 2.9; it needs
 ``onnxscript``): the TorchScript exporter also handles the dynamic padding but is deprecated.
 """
@@ -27,11 +33,15 @@ __all__ = [
     "OPSET",
     "OUTPUT_NAME",
     "cache_dir",
+    "cache_problem",
     "check_onnx_model",
     "export_onnx",
     "file_sha256",
     "frames_wrapper",
     "onnx_metadata",
+    "read_cached",
+    "sidecar_path",
+    "write_cached",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,94 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the recorded content hash of a cache file lives: ``<file>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _recorded_sha(path: Path) -> tuple[str | None, str | None]:
+    """(the hash recorded for ``path``, or None and why not)."""
+    side = sidecar_path(path)
+    try:
+        text = side.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None, f"has no recorded hash (expected {side.name})"
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"has an unreadable recorded hash {side.name} ({e})"
+    sha = text.split(" ", 1)[0].strip()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        return None, f"has a malformed recorded hash in {side.name} (got {text[:80]!r})"
+    return sha, None
+
+
+def cache_problem(path: str | Path) -> str | None:
+    """Why the cache file ``path`` must not be used (``None``: its bytes match the recorded hash)."""
+    path = Path(path)
+    sha, why = _recorded_sha(path)
+    if why is not None:
+        return why
+    got = file_sha256(path)
+    if got != sha:
+        return (f"does not match the hash recorded when it was built (expected sha256 {sha[:16]}…, "
+                f"got {got[:16]}…): corrupt or changed since")
+    return None
+
+
+def read_cached(path: str | Path) -> bytes:
+    """The bytes of a cache file, checked against its recorded hash (one read: what is checked is
+    what is returned).
+
+    Raises
+    ------
+    EngineBuildError
+        When the file has no recorded hash or its bytes do not match it.
+    """
+    path = Path(path)
+    sha, why = _recorded_sha(path)
+    data = path.read_bytes()
+    if why is None and hashlib.sha256(data).hexdigest() != sha:
+        why = (f"does not match the hash recorded when it was built (expected sha256 {sha[:16]}…, "
+               f"got {hashlib.sha256(data).hexdigest()[:16]}…): corrupt or changed since")
+    if why is not None:
+        raise EngineBuildError(f"cache file {path} {why}")
+    return data
+
+
+def _replace_with_sidecar(tmp: Path, path: Path, sha: str) -> None:
+    """Record ``sha`` for ``path`` (atomically), then move ``tmp`` into place."""
+    side = sidecar_path(path)
+    fd, side_tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{side.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"{sha}  {path.name}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(side_tmp, side)
+    except BaseException:
+        Path(side_tmp).unlink(missing_ok=True)
+        raise
+    # A crash between the two renames leaves a sidecar that does not match: the file is rebuilt.
+    os.replace(tmp, path)
+
+
+def write_cached(path: str | Path, data: bytes) -> Path:
+    """Write a cache file and its recorded hash, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_with_sidecar(Path(tmp), path, hashlib.sha256(data).hexdigest())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _cached_path(checkpoint: Path, sha: str) -> Path:
@@ -109,8 +207,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force:
         A checkpoint written by ``noise2atom.checkpoint.save_checkpoint``.
     out
         Where to write; default: ``<stem>.<sha16>.onnx`` next to the checkpoint (or under
-        ``$N2A_CACHE/onnx`` if that folder is read-only). An existing file there is reused after its
-        recorded checkpoint hash is checked.
+        ``$N2A_CACHE/onnx`` if that folder is read-only). An existing file there is reused only when its
+        bytes match the hash recorded when it was exported (else it is exported again, with a
+        warning) and the checkpoint hash in its metadata matches.
     force
         Export again even if the file exists.
 
@@ -125,9 +224,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force:
     sha = file_sha256(checkpoint)
     target = Path(out) if out is not None else _cached_path(checkpoint, sha)
     if target.exists() and not force:
-        check_onnx_model(target, sha)
-        log.debug("reusing ONNX export %s", target)
-        return target
+        why = cache_problem(target)
+        if why is None:
+            check_onnx_model(target, sha)
+            log.debug("reusing ONNX export %s", target)
+            return target
+        log.warning("ONNX export %s %s; exporting it again", target, why)
     _export(checkpoint, sha, target)
     return target
 
@@ -174,7 +276,7 @@ def _export(checkpoint: Path, sha: str, target: Path) -> None:
             prop.key, prop.value = key, value
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, tmp)
-        os.replace(tmp, target)
+        _replace_with_sidecar(Path(tmp), target, file_sha256(tmp))
     except EngineBuildError:
         raise
     except Exception as e:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendUnavailableError, Engine, EngineError, Precision
-from .export import INPUT_NAME, OUTPUT_NAME
+from .base import BackendUnavailableError, Engine, EngineBuildError, EngineError, Precision
+from .export import INPUT_NAME, OUTPUT_NAME, read_cached
 
 __all__ = ["TensorRTEngine", "cuda_call", "gpu_name", "import_tensorrt"]
 
@@ -217,8 +217,13 @@ class TensorRTEngine(Engine):
             if not self.plan_file.is_file():
                 raise EngineError(f"no cached TensorRT plan (expected {self.plan_file}; build it with "
                                   f"python -m engines.tensorrt_build)")
+        try:  # the bytes checked against the hash recorded at build time are the bytes loaded
+            plan = read_cached(self.plan_file)
+        except EngineBuildError as e:
+            raise EngineError(f"{e}; not loading it: rebuild it with python -m engines.tensorrt_build "
+                              f"--rebuild CHECKPOINT") from e
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan_file.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise EngineError(f"TensorRT could not deserialize {self.plan_file} (stale or corrupt plan?)")
         try:

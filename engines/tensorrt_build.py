@@ -3,7 +3,9 @@
 Build is not run: this module holds everything that needs ``trt.Builder``; the runtime
 (`engines.tensorrt`) only deserializes the plans written here. Plans are cached under
 ``$N2A_CACHE/trt`` (default ``~/.cache/n2a/trt``), keyed by checkpoint hash, TensorRT version, GPU
-name, precision and shape profile, and written atomically so a crash never leaves half a plan.
+name, precision and shape profile, and written atomically so a crash never leaves half a plan; each
+plan and timing cache has a ``.sha256`` sidecar recorded at build time (``engines.export.write_cached``)
+and a file whose bytes do not match it is rebuilt, never loaded.
 
 In fp16/bf16 the normalisation layers (the ONNX nodes that `engines.export` prefixed with
 ``n2a_fp32/``) are pinned to fp32 with per-layer precision and ``OBEY_PRECISION_CONSTRAINTS``:
@@ -18,16 +20,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import EngineBuildError
-from .export import FP32_PREFIX, INPUT_NAME, cache_dir, export_onnx, file_sha256
+from .export import (FP32_PREFIX, INPUT_NAME, cache_dir, cache_problem, export_onnx, file_sha256,
+                     read_cached, write_cached)
 
 __all__ = ["ShapeProfile", "build_plan", "ensure_plan", "plan_path"]
 
@@ -78,20 +79,6 @@ def plan_path(checkpoint_sha: str, trt_version: str, gpu_name: str, precision: s
 def _timing_cache_path(trt_version: str, gpu_name: str) -> Path:
     gpu = hashlib.sha1(gpu_name.encode()).hexdigest()[:8]
     return cache_dir() / "trt" / f"timing_trt{trt_version}_{gpu}.cache"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, timing_cache: Path | None,
@@ -147,7 +134,12 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
 
     cache = None
     if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        blob = b""
+        if timing_cache.is_file():
+            try:
+                blob = read_cached(timing_cache)
+            except EngineBuildError as e:
+                log.warning("%s; starting a new timing cache", e)
         cache = config.create_timing_cache(blob)
         if not config.set_timing_cache(cache, ignore_mismatch=False):
             log.warning("timing cache %s did not match this GPU/TensorRT; starting a new one", timing_cache)
@@ -161,7 +153,7 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
             "(see the TensorRT log above)"
         )
     if cache is not None:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_cached(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
@@ -194,12 +186,15 @@ def ensure_plan(
     gpu = gpu_name(device_id)
     path = plan_path(sha, trt.__version__, gpu, precision, profile, streams)
     if path.is_file() and not rebuild:
-        return path
+        why = cache_problem(path)
+        if why is None:
+            return path
+        log.warning("TensorRT plan %s %s; building it again", path, why)
     onnx_path = export_onnx(checkpoint)
     log.info("building TensorRT %s plan for %s on %s (%s); this takes minutes once", precision, checkpoint, gpu, profile.key)
     plan = build_plan(onnx_path, precision=precision, profile=profile, streams=streams,
                       timing_cache=_timing_cache_path(trt.__version__, gpu))
-    _atomic_write(path, plan)
+    write_cached(path, plan)
     return path
 
 

@@ -86,6 +86,16 @@ class Normalisation(BaseModel):
     def _check_range(self) -> "Normalisation":
         if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
             raise ValueError(f"need finite lo < hi (got lo={self.lo}, hi={self.hi})")
+        # The networks run in float32: the limits and the scale must be usable there too
+        # (hi - lo = 1e-40 gives an infinite scale, |lo| = 1e39 is infinite in float32).
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            lo32, hi32 = np.float32(self.lo), np.float32(self.hi)
+            scale32 = np.float32(2.0 / (self.hi - self.lo))
+        if not (np.isfinite(lo32) and np.isfinite(hi32) and hi32 > lo32 and np.isfinite(scale32)
+                and scale32 > 0):
+            raise ValueError(f"need limits whose scale 2 / (hi - lo) is finite and positive in "
+                             f"float32 (got lo={self.lo}, hi={self.hi}: float32 lo={lo32}, "
+                             f"hi={hi32}, scale={scale32})")
         return self
 
     def to_model(self, raw):

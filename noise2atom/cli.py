@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from --out and its .train.pt file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out model (without it, an existing one is an error)")
     p.add_argument("--preview-every", type=int, default=0, metavar="N",
                    help="write <out>.preview.png (noisy | denoised) every N iterations")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
@@ -138,6 +140,9 @@ def _run(argv: Sequence[str] | None) -> int:
     batch = args.batch or (3 if gan else 16)
     if args.iterations is None and args.minutes is None:
         raise UsageError("give --iterations N or --minutes M (got neither)")
+    if not args.resume and not args.overwrite and args.out.exists():
+        raise UsageError(f"--out {args.out} exists: pass --overwrite to replace it or --resume to "
+                         f"continue training it (got an existing file)")
     if bool(args.frames) == bool(args.simulate):
         raise UsageError("give FRAMES files or --simulate, not both or neither "
                          f"(got {len(args.frames)} files, --simulate={args.simulate})")

@@ -14,6 +14,7 @@ G in the cycle update, so the data keeps the atom prior honest.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
@@ -33,6 +34,7 @@ from noise2atom.checkpoint import (
     load_train_state,
     save_checkpoint,
     save_train_state,
+    train_state_path,
 )
 from noise2atom.models import Critic, LowPass, build_generator
 from noise2atom.train_data import TrainingData
@@ -44,6 +46,34 @@ Method = Literal["noise2atom", "blindspot", "hybrid"]
 
 class ResumeError(ValueError):
     """``--resume`` cannot continue from the given files."""
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_pair(path: str | Path, config: ModelConfig, state: dict[str, Any]) -> None:
+    """Raise `ResumeError` unless the checkpoint and its ``.train.pt`` were saved together."""
+    cfg = {"size": config.size, "method": config.method, "iteration": config.iteration,
+           "fingerprint": config.data.sha256}
+    if "patch" in config.train:
+        cfg["patch"] = config.train["patch"]
+    for key, have in cfg.items():
+        if state.get(key) != have:
+            raise ResumeError(
+                f"{path}: the checkpoint and its resume state {train_state_path(path).name} do not "
+                f"belong together: {key} is {have!r} in the checkpoint (expected the same in the "
+                f"resume state, got {state.get(key)!r}); train again with --overwrite")
+    saved = state.get("checkpoint_sha256")
+    if saved is not None and saved != _sha256(path):
+        raise ResumeError(
+            f"{path}: the checkpoint was replaced after its resume state {train_state_path(path).name} "
+            f"was saved (expected checkpoint sha256 {saved[:12]}…, got {_sha256(path)[:12]}…); "
+            f"train again with --overwrite")
 
 
 class TrainOptions(BaseModel):
@@ -233,6 +263,7 @@ class Trainer:
         if self.F is not None:
             state.update(F=self.F.state_dict(), D=self.D.state_dict(),
                          opt_F=self.opt_F.state_dict(), opt_D=self.opt_D.state_dict())
+        state["checkpoint_sha256"] = _sha256(path)  # ties this resume state to that very file
         save_train_state(path, state)
         return path
 
@@ -243,6 +274,7 @@ class Trainer:
             state = load_train_state(path)
         except CheckpointError as e:
             raise ResumeError(str(e)) from e
+        _check_pair(path, ckpt.config, state)
         o = self.options
         for key, have in (("method", o.method), ("size", o.size), ("patch", o.patch)):
             if state.get(key) != have:

@@ -88,10 +88,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="diagnostic: add this delay per frame after the engine (tests the drop "
                           "policy with a slow engine)")
     sec = p.add_argument_group("security")
-    sec.add_argument("--curve-keys", type=Path,
-                     help="CURVE-encrypt and authenticate both sockets with the zmq.auth keys in DIR")
+    sec.add_argument("--curve-keys", type=Path, metavar="DIR",
+                     help="CURVE-encrypt and authenticate both sockets: the input with the keys in "
+                     "DIR/acquisition, the output with those in DIR/viewer (a viewer's key cannot "
+                     "reach the acquisition link); secret keys must be mode 0600")
     sec.add_argument("--make-keys", type=Path, metavar="DIR",
-                     help="create a server/client key set in DIR and exit")
+                     help="create DIR/acquisition and DIR/viewer key sets (0700 folders, 0600 "
+                     "secret keys) and exit; see docs/protocol.md for which machine gets which file")
     run = p.add_argument_group("run")
     run.add_argument("--exit-on-end", action="store_true",
                      help="exit once the source sent `end` and every frame is out")

@@ -68,7 +68,8 @@ class StreamConfig(BaseModel):
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")
     max_frame_bytes: int = Field(default=64 << 20, ge=1, description="larger frames are rejected")
-    curve_keys: Path | None = Field(default=None, description="zmq.auth key directory (CURVE)")
+    curve_keys: Path | None = Field(default=None, description="CURVE key directory with acquisition/ "
+                                    "(input) and viewer/ (output) key sets (n2a-stream --make-keys)")
     denoise_delay_ms: float = Field(
         default=0.0, ge=0.0, le=60_000,
         description="diagnostic: sleep this long per frame in the denoise stage after the engine "
@@ -232,10 +233,11 @@ class Stream:
                 from .recorder import Recorder
                 self.recorder = Recorder(cfg.record)
             self.context = zmq.Context()
-            keys = None
-            if cfg.curve_keys is not None:
-                from .security import CurveKeys, start_authenticator
-                keys = CurveKeys.load(cfg.curve_keys)
+            keys = in_keys = None
+            if cfg.curve_keys is not None:  # one key set per link: see streamer.security
+                from .security import link_keys, start_authenticator
+                keys, in_keys = link_keys(cfg.curve_keys, "viewer"), link_keys(cfg.curve_keys,
+                                                                              "acquisition")
                 self._auth = start_authenticator(self.context, keys)
             out = self.context.socket(zmq.XPUB)
             out.linger = 0
@@ -256,8 +258,8 @@ class Stream:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             if cfg.pattern == "sub":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if keys is not None:
-                keys.configure_client(sock)
+            if in_keys is not None:
+                in_keys.configure_client(sock)
             self._in_sock = sock
         except BaseException:
             self._close_resources()
@@ -349,6 +351,8 @@ class Stream:
             for ev in (self.stop_input, self.input_done, self.denoise_stop, self.publish_stop):
                 ev.set()
         self._t_stop = time.monotonic()
+        if self.recorder is not None and not any(t.is_alive() for t in self._threads):
+            self.recorder.close()  # flushed first, so the summary counts what reached the disk
         self._summary = self.summary()
         self._close_resources()
         for t in self._threads:
@@ -435,6 +439,8 @@ class Stream:
             "css_raw_mean": st.css_mean("css_raw"), "css_mean": st.css_mean("css"),
             "engine": self.engine_name if self.engine_info else None, "model": self.model_id,
             "recorded": self.recorder.counts() if self.recorder is not None else None,
+            "not_recorded": self.recorder.not_recorded() if self.recorder is not None else None,
+            "recording_error": self.recorder.error if self.recorder is not None else None,
         }
 
     def summary_text(self, summary: dict[str, Any] | None = None) -> str:
@@ -454,4 +460,9 @@ class Stream:
             f"denoised {f(s['css_mean'], '.3f')}; engine {s['engine']}, model {s['model']}",
             "n2a-stream summary: " + json.dumps(s, default=str),
         ]
+        if s.get("recording_error"):
+            lines.insert(2, f"n2a-stream: RECORDING STOPPED: {s['recording_error']}; recorded "
+                            f"{s['recorded']}, not recorded {s['not_recorded']}")
+        elif s.get("recorded") is not None:
+            lines.insert(2, f"n2a-stream: recorded {s['recorded']}")
         return "\n".join(lines)

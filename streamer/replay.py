@@ -314,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-subscribers", type=int, default=0,
                    help="PUB: wait for this many subscribers before the first frame")
     p.add_argument("--wait-timeout", type=float, default=30.0)
-    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
+    p.add_argument("--curve-keys", help="CURVE server socket with the acquisition keys: DIR/acquisition "
+                   "(made by n2a-stream --make-keys DIR) or that folder itself")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -349,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         frames, meta = stack.frames, dict(stack.meta)
     keys = None
     if args.curve_keys:
-        from .security import CurveKeys
+        from .security import link_keys
 
         try:
-            keys = CurveKeys.load(args.curve_keys)
+            keys = link_keys(args.curve_keys, "acquisition")
         except (FileNotFoundError, RuntimeError) as e:
             _parser().error(str(e))
     replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,

@@ -1,33 +1,70 @@
 """ZeroMQ CURVE encryption and authentication for n2a's sockets, from ``zmq.auth`` key files.
 
-A key directory (made by :func:`make_keys` or ``n2a-stream --make-keys DIR``) holds::
+n2a has two links, each with its own key set, so that a key handed to a viewer cannot subscribe to
+the raw acquisition stream. ``n2a-stream --make-keys DIR`` (:func:`make_keys`) writes::
 
-    server.key, server.key_secret        the publishing side of each link (n2a-replay or the
-                                         acquisition program; n2a-stream's output socket)
-    client.key, client.key_secret        the connecting side (n2a-stream's input; viewers)
-    authorized_clients/*.key             public keys a server lets in
+    DIR/acquisition/   scan system (server) -> n2a-stream's input (client)
+    DIR/viewer/        n2a-stream's output (server) -> viewers (clients)
 
-Servers run a ZAP authenticator that admits only the public keys in ``authorized_clients/``; every
-byte on an authenticated link is encrypted. A client without the right keys never completes the
-handshake and receives nothing.
+and in each link directory::
+
+    server.key, server.key_secret        the publishing side of the link
+    client.key, client.key_secret        the connecting side
+    authorized_clients/*.key             public keys the server lets in
+
+What each machine needs (copy nothing else there):
+
+=============  ==============================================================================
+scan system    ``acquisition/server.key_secret``, ``acquisition/authorized_clients/``
+n2a-stream     ``acquisition/server.key``, ``acquisition/client.key_secret``,
+               ``viewer/server.key_secret``, ``viewer/authorized_clients/``
+viewer         ``viewer/server.key``, ``viewer/client.key_secret``
+=============  ==============================================================================
+
+Servers run a ZAP authenticator that admits only the public keys in the link's
+``authorized_clients/``; every byte on an authenticated link is encrypted. A client without the
+right keys never completes the handshake and receives nothing.
+
+Secret keys are written mode 0600 in 0700 directories, and a secret key file that group or others
+can read is refused (:class:`InsecureKeyError`), as ``ssh`` refuses a readable private key.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-__all__ = ["CurveKeys", "make_keys", "start_authenticator"]
+__all__ = ["LINKS", "CurveKeys", "InsecureKeyError", "check_secret_file", "link_keys", "make_keys",
+           "start_authenticator"]
+
+Link = Literal["acquisition", "viewer"]
+LINKS: tuple[Link, ...] = ("acquisition", "viewer")
+
+
+class InsecureKeyError(RuntimeError):
+    """A secret key file that group or others can read (or a key directory they can enter)."""
+
+
+def check_secret_file(path: str | os.PathLike) -> None:
+    """Raise :class:`InsecureKeyError` when group or others may read or write a secret key file."""
+    path = Path(path)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise InsecureKeyError(
+            f"secret key {path} is open to group or others (expected mode 0600, got "
+            f"{mode:04o}); anyone who can read it can join the link: chmod 600 {path}")
 
 
 @dataclass(frozen=True)
 class CurveKeys:
-    """The keys of one key directory (secret keys are ``None`` when their file is absent)."""
+    """The keys of one link directory (secret keys are ``None`` when their file is absent)."""
 
     directory: Path
     server_public: bytes
@@ -41,12 +78,14 @@ class CurveKeys:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CurveKeys:
-        """Read a key directory; needs at least ``server.key``.
+        """Read one link's key directory (e.g. ``DIR/viewer``); needs at least ``server.key``.
 
         Raises
         ------
         FileNotFoundError
             When the directory or ``server.key`` is missing, naming what was expected.
+        InsecureKeyError
+            When a secret key file present is readable by group or others.
         """
         if not zmq.has("curve"):
             raise RuntimeError("this libzmq has no CURVE support (expected zmq.has('curve'))")
@@ -60,6 +99,7 @@ class CurveKeys:
         def pair(name: str) -> tuple[bytes | None, bytes | None]:
             secret_file, public_file = d / f"{name}.key_secret", d / f"{name}.key"
             if secret_file.is_file():
+                check_secret_file(secret_file)
                 return zmq.auth.load_certificate(secret_file)
             if public_file.is_file():
                 return zmq.auth.load_certificate(public_file)
@@ -89,6 +129,28 @@ class CurveKeys:
         socket.curve_serverkey = self.server_public
 
 
+def link_keys(directory: str | os.PathLike, link: Link) -> CurveKeys:
+    """The key set of one link: ``DIR/<link>/``, or ``DIR`` itself when it is that link's folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``DIR`` has no ``<link>/`` folder (a single flat key set, as older n2a versions wrote,
+        is refused: it would let a viewer's key subscribe to the acquisition stream).
+    """
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {LINKS} (got {link!r})")
+    d = Path(directory)
+    if (d / link).is_dir():
+        return CurveKeys.load(d / link)
+    if d.name == link and d.is_dir():
+        return CurveKeys.load(d)
+    raise FileNotFoundError(
+        f"--curve-keys {d}: expected the {link}/ key folder (DIR/acquisition and DIR/viewer, made "
+        f"by n2a-stream --make-keys DIR; one key set for both links is no longer accepted) (got "
+        f"{sorted(p.name for p in d.iterdir()) if d.is_dir() else 'no such directory'})")
+
+
 def start_authenticator(context: zmq.Context, keys: CurveKeys) -> ThreadAuthenticator:
     """Start a ZAP handler on ``context`` admitting the keys in ``authorized_clients/``.
 
@@ -100,18 +162,30 @@ def start_authenticator(context: zmq.Context, keys: CurveKeys) -> ThreadAuthenti
     return auth
 
 
-def make_keys(directory: str | os.PathLike, *, clients: tuple[str, ...] = ("client",)) -> Path:
-    """Create a server key pair, client key pairs and ``authorized_clients/`` with the clients.
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask, and an existing folder keeps its own
 
-    Returns the directory. Existing key files are left as they are.
+
+def make_keys(directory: str | os.PathLike, *, clients: tuple[str, ...] = ("client",)) -> Path:
+    """Create the ``acquisition/`` and ``viewer/`` key sets (server pair, client pairs and
+    ``authorized_clients/``) under ``directory``.
+
+    Folders are made mode 0700 and secret key files 0600. Returns the directory. Existing key
+    files are kept (their modes are tightened).
     """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    auth_dir = d / "authorized_clients"
-    auth_dir.mkdir(exist_ok=True)
-    for name in ("server", *clients):
-        if not (d / f"{name}.key_secret").is_file():
-            zmq.auth.create_certificates(d, name)
-        if name != "server":
-            shutil.copy(d / f"{name}.key", auth_dir / f"{name}.key")
+    _private_dir(d)
+    for link in LINKS:
+        ld = d / link
+        _private_dir(ld)
+        auth_dir = ld / "authorized_clients"
+        _private_dir(auth_dir)
+        for name in ("server", *clients):
+            # The folder is already 0700, so nobody else can open a secret file before its chmod.
+            if not (ld / f"{name}.key_secret").is_file():
+                zmq.auth.create_certificates(ld, name)
+            os.chmod(ld / f"{name}.key_secret", 0o600)
+            if name != "server":
+                shutil.copy(ld / f"{name}.key", auth_dir / f"{name}.key")
     return d

@@ -6,7 +6,7 @@ Examples
 microscope-pc:5556`` to another machine. ``--screenshot viewer.png --screenshot-after 50`` saves
 the window after 50 displayed frames and quits (works offscreen: ``QT_QPA_PLATFORM=offscreen``).
 ``n2a-view --port 5556 --curve-keys keys/`` connects to ``n2a-stream --curve-keys keys/`` as an
-authenticated CURVE client (it reads ``keys/server.key`` and ``keys/client.key_secret``).
+authenticated CURVE client (it reads ``keys/viewer/server.key`` and ``keys/viewer/client.key_secret``).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--source", help="HOST:PORT or a ZeroMQ endpoint (tcp://HOST:PORT)")
     p.add_argument("--host", default="127.0.0.1", help="host for --port (default: %(default)s)")
     p.add_argument("--curve-keys", type=Path, metavar="DIR",
-                   help="connect as a CURVE client of n2a-stream --curve-keys DIR: reads DIR/server.key and "
-                        "DIR/client.key_secret (made by n2a-stream --make-keys DIR)")
+                   help="connect as a CURVE client of n2a-stream --curve-keys DIR: reads DIR/viewer/server.key "
+                        "and DIR/viewer/client.key_secret (mode 0600; made by n2a-stream --make-keys DIR)")
     p.add_argument("--silence-timeout", type=float, default=5.0, metavar="S",
                    help="seconds without messages before showing 'waiting' again (default: %(default)s)")
     p.add_argument("--refresh-ms", type=int, default=10,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -70,11 +71,11 @@ def _read_key_file(path: Path, *, need_secret: bool) -> tuple[bytes, bytes | Non
 class CurveClientKeys:
     """What a CURVE client needs: its own key pair and the server's public key.
 
-    The key directory has the layout ``n2a-stream --make-keys DIR`` writes (see
-    ``docs/protocol.md``): the viewer reads ``server.key`` (the stream's public key) and
-    ``client.key_secret`` (its own key pair, whose public half must be in the stream's
-    ``authorized_clients/``). Read with ``zmq.auth`` directly: the viewer imports nothing from the
-    streamer but its protocol.
+    The viewer link's keys of ``n2a-stream --make-keys DIR`` (see ``docs/protocol.md``):
+    ``DIR/viewer`` (or ``DIR`` itself, when it holds them) with ``server.key`` (the stream's public
+    key) and ``client.key_secret`` (the viewer's own key pair, whose public half must be in the
+    stream's ``viewer/authorized_clients/``; mode 0600, else refused). Read with ``zmq.auth``
+    directly: the viewer imports nothing from the streamer but its protocol.
     """
 
     directory: Path
@@ -99,6 +100,8 @@ class CurveClientKeys:
             got = "a file, not a directory" if d.exists() else "no such directory"
             raise CurveKeyError(f"--curve-keys {d}: expected a key directory made by n2a-stream --make-keys "
                                 f"(got {got})")
+        if (d / "viewer").is_dir():
+            d = d / "viewer"  # the top of a --make-keys folder: the viewer link's keys
         missing = [name for name in ("server.key", "client.key_secret") if not (d / name).is_file()]
         if missing:
             try:
@@ -107,6 +110,11 @@ class CurveClientKeys:
                 got = f"an unreadable directory: {e}"
             raise CurveKeyError(f"--curve-keys {d}: expected server.key and client.key_secret "
                                 f"(make them with n2a-stream --make-keys DIR) (got {got})")
+        secret = d / "client.key_secret"
+        mode = stat.S_IMODE(secret.stat().st_mode)
+        if mode & 0o077:
+            raise CurveKeyError(f"--curve-keys {d}: secret key {secret} is open to group or others "
+                                f"(expected mode 0600, got {mode:04o}): chmod 600 {secret}")
         server_public, _ = _read_key_file(d / "server.key", need_secret=False)
         client_public, client_secret = _read_key_file(d / "client.key_secret", need_secret=True)
         return cls(directory=d, server_public=server_public, client_public=client_public,

@@ -8,7 +8,7 @@ import pytest
 
 import engines
 from engines import BackendUnavailableError, EngineBuildError, EngineError
-from engines.export import check_onnx_model, export_onnx, file_sha256
+from engines.export import check_onnx_model, export_onnx, file_sha256, sidecar_path
 from engines.tensorrt_build import ShapeProfile, plan_path
 from noise2atom.checkpoint import CheckpointError, model_id
 
@@ -169,6 +169,7 @@ def test_onnx_from_another_model_is_refused(tmp_path, lite_checkpoint, checkpoin
     ckpt = swapped / lite_checkpoint.name
     shutil.copy(lite_checkpoint, ckpt)
     shutil.copy(other_onnx, swapped / mine.name)
+    shutil.copy(sidecar_path(other_onnx), sidecar_path(swapped / mine.name))  # intact bytes
     with pytest.raises(EngineBuildError, match="another model"):
         export_onnx(ckpt)
 

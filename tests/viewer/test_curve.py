@@ -50,7 +50,7 @@ class CurvePublisher:
 
 @pytest.fixture
 def key_dir(tmp_path: Path) -> Path:
-    return make_keys(tmp_path / "keys")
+    return make_keys(tmp_path / "keys") / "viewer"  # the viewer link's key set
 
 
 @pytest.fixture
@@ -131,6 +131,7 @@ def test_unreadable_key_files_are_reported(tmp_path, key_dir):
         CurveClientKeys.load(broken)
     # Only the public half of the client's key: a client cannot authenticate with it.
     shutil.copy(key_dir / "client.key", broken / "client.key_secret")
+    (broken / "client.key_secret").chmod(0o600)  # copy() gave it the public key's mode
     with pytest.raises(CurveKeyError, match=r"client.key_secret \(got no secret-key\)"):
         CurveClientKeys.load(broken)
     shutil.copy(key_dir / "client.key_secret", broken / "client.key_secret")
