@@ -4,8 +4,9 @@ CSS rewards a blank or frozen output, so next to it every denoised frame gets a 
 ``flags`` (empty when all is well):
 
 ``input_clipped``
-    A real fraction of the raw frame sits at the detector's ceiling (integer dtype maximum) or
-    beyond the series' input scaling, so the network saw clipped values.
+    A real fraction of the raw frame sits at the detector's ceiling (integer dtype maximum, or a
+    plateau at the top of float data) or beyond the series' input scaling, so the network saw
+    clipped or saturated values.
 ``flat_output``
     The raw frame has structure above its noise, the denoised one (almost) none; or the output
     hardly varies at all (a frame of pure vacuum denoised well gets this flag too: from one frame a
@@ -195,12 +196,18 @@ class FidelityGuard:
         flags = list(self.series_flags)
         lo, hi = self.scaling.lo, self.scaling.hi
 
-        # Clipping: a sparse regular sample of the raw frame is plenty for a fraction.
+        # Clipping: a sparse regular sample of the raw frame is plenty for a fraction. Counted:
+        # values beyond the series' scaling (the network saw them clipped), values at an integer
+        # detector's ceiling (saturated, whatever the scaling made of them), and for float data a
+        # plateau at the top limit (ties are rare in float data unless something saturated; in
+        # low-count integer data they are normal, so not counted there).
         sample = raw[::4, ::4]
-        over = np.count_nonzero(sample > hi) + np.count_nonzero(sample < lo)
+        outside = (sample > hi) | (sample < lo)
         if self.ceiling is not None:
-            over += np.count_nonzero(sample >= self.ceiling) if hi < self.ceiling else 0
-        rep.clipped_fraction = over / sample.size
+            outside |= sample >= self.ceiling
+        elif self.dtype.kind == "f":
+            outside |= sample == hi
+        rep.clipped_fraction = np.count_nonzero(outside) / sample.size
         if rep.clipped_fraction >= CLIPPED_FRACTION:
             flags.append("input_clipped")
 
