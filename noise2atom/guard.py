@@ -84,8 +84,9 @@ def counts_span(frame: np.ndarray, scaling: Normalisation) -> float | None:
     For counting noise the local variance grows linearly with the local mean, with slope = the
     gain (units per count). The slope is fitted over ten intensity bins of the lightly smoothed
     frame against the second-difference noise variance; ``(hi - lo) / gain`` is then a dose
-    measure that does not depend on offset, gain or dtype. None when the frame shows no counting
-    noise (non-positive slope; e.g. already denoised or synthetic float data).
+    measure that does not depend on offset, gain or dtype. Noise-free or nearly noise-free data
+    reads as a very high dose (the atoms' own curvature is all that is left); None when no slope can
+    be fitted (too few distinct intensities, or a non-positive slope).
     """
     x = np.asarray(frame, dtype=np.float64)
     if x.ndim != 2 or min(x.shape) < 8:
