@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-frames", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "guard-cpu.md")
     args = p.parse_args(argv)
-    from latency import _model, bare_engine_ms, run_stream  # bench/latency.py, our model
+    from bench.latency import _model, bare_engine_ms, run_stream
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,7 +73,7 @@ class Publisher(Worker):
         super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
-        self.make_guard, self._guard = make_guard, None
+        self.make_guard, self._guard, self._scaling = make_guard, None, None
         self.flag_counts = Counters()  # frames published with each guard flag
         self.with_raw, self.recorder = with_raw, recorder
         self.subscriptions = 0
@@ -86,13 +86,18 @@ class Publisher(Worker):
     def _send(self, parts: list[Any]) -> None:
         send_message(self.socket, parts, flags=zmq.NOBLOCK)
 
+    def _measure_with(self, series: SeriesState, scaling: Any) -> None:
+        """Fresh CSS and guard for the series' input scaling."""
+        self._scaling = scaling
+        self._css = self.make_css(scaling) if self.make_css is not None and scaling is not None else None
+        self._guard = (self.make_guard(scaling, series.dtype or "float32")
+                       if self.make_guard is not None and scaling is not None else None)
+
     def _start_series(self, series: SeriesState, scaling: Any = None) -> None:
         if self._series is not None and self._series is not series:
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
-        self._css = self.make_css(scaling) if self.make_css is not None and scaling is not None else None
-        self._guard = (self.make_guard(scaling, series.dtype or "float32")
-                       if self.make_guard is not None and scaling is not None else None)
+        self._measure_with(series, scaling)
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)
         self._send(parts)
@@ -103,6 +108,8 @@ class Publisher(Worker):
         item = out.item
         if item.series is not self._series:
             self._start_series(item.series, out.scaling)
+        elif out.scaling is not self._scaling:  # the denoiser could scale this series only now
+            self._measure_with(item.series, out.scaling)
         t0 = time.perf_counter_ns()
         if self._css is not None:
             css_den, css_raw = self._css
