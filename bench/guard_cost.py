@@ -1,12 +1,12 @@
 """What CSS and the fidelity guard cost next to the engine, and n2a-stream's frame rate with both.
 
-1. *engine*: the bundled lite model in ONNX Runtime (two threads) on one 512² frame, median of
-   ``perf_counter_ns`` after a warm-up (``bench/latency.py``'s ``bare_engine_ms``).
-2. *CSS + guard*: per frame, what the publish stage does: the rolling CSS of the denoised and the
-   raw frame (``RollingCSS.update`` twice: the sampled SSIM of ``metrics.WindowGrid``) and
-   ``FidelityGuard.check`` reusing their window moments; also the previous full-map CSS
-   (``sampled=False``) for comparison. One thread, median over frames, at 512² and 1024².
-3. *stream*: ``n2a-stream`` at 1024² over PUSH/PULL with ``--policy block``, source unpaced, CSS
+1. *engine* and *CSS + guard*, interleaved frame by frame so both see the same load on a shared
+   machine: the bundled lite model's ``infer`` in ONNX Runtime (two threads), then what the
+   publish stage does with its output: the rolling CSS of the denoised and the raw frame
+   (``RollingCSS.update`` twice: the sampled SSIM of ``metrics.WindowGrid``) and
+   ``FidelityGuard.check`` reusing their window moments (one thread). Medians after a warm-up, at
+   512² and 1024²; also the previous full-map CSS (``sampled=False``) on a few frames.
+2. *stream*: ``n2a-stream`` at 1024² over PUSH/PULL with ``--policy block``, source unpaced, CSS
    and guard on: the sustained frame rate (``bench/latency.py``'s ``run_stream``).
 
 Writes ``bench/results/guard-cpu.md``. Usage: ``python bench/guard_cost.py``. Targets
@@ -40,38 +40,49 @@ def _frames(size: int, n: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [f.noisy for f in frames], [f.clean for f in frames]
 
 
-def css_guard_ms(size: int, n: int = 30) -> dict[str, float]:
-    """Median ms per frame of (CSS both streams + guard), its parts, and the old full-map CSS."""
-    from noise2atom.guard import FidelityGuard
+def measure(model: Path, size: int, n: int) -> dict[str, float]:
+    """Interleaved per frame, so both see the same load on a shared machine: the engine's ``infer``
+    (two ONNX Runtime threads), then the publish stage's CSS of both streams and the guard on the
+    engine's real output. Medians in ms; plus the previous full-map CSS on a few frames."""
+    from engines import open_engine
+    from noise2atom.guard import FidelityGuard, TrainingRange
     from noise2atom.metrics import RollingCSS
     from noise2atom.scaling import estimate_scaling
 
-    raw, clean = _frames(size)
-    den = [c.astype(np.float32) for c in clean]  # stands in for the output: same shape and dtype
+    raw, _ = _frames(size)
     scaling = estimate_scaling(raw[0])
-
-    def run(sampled: bool, guard_on: bool, n: int) -> tuple[float, float]:
-        css_d = RollingCSS(10, lo=0.0, hi=1.0, sampled=sampled)
-        css_r = RollingCSS(10, lo=scaling.lo, hi=scaling.hi, sampled=sampled)
-        guard = FidelityGuard(scaling, dtype=raw[0].dtype)
-        t_css, t_guard = [], []
-        for i in range(n + 3):
+    xs = [scaling.to_model(f)[None] for f in raw]
+    t_eng, t_css, t_guard, t_full = [], [], [], []
+    with open_engine(model, backend="onnxruntime") as eng:
+        guard = FidelityGuard(scaling, dtype=raw[0].dtype, reference=TrainingRange.from_config(eng.config))
+        css_d = RollingCSS(10, lo=0.0, hi=1.0)
+        css_r = RollingCSS(10, lo=scaling.lo, hi=scaling.hi)
+        full_d = RollingCSS(10, lo=0.0, hi=1.0, sampled=False)
+        full_r = RollingCSS(10, lo=scaling.lo, hi=scaling.hi, sampled=False)
+        for i in range(n + 2):
             k = i % len(raw)
             t0 = time.perf_counter_ns()
-            css_d.update(den[k])
-            css_r.update(raw[k])
+            den = scaling.from_model(eng.infer(xs[k])[0])
             t1 = time.perf_counter_ns()
-            if guard_on:
-                guard.check(raw[k], den[k], raw_moments=css_r.last, out_moments=css_d.last)
+            css_d.update(den)
+            css_r.update(raw[k])
             t2 = time.perf_counter_ns()
-            if i >= 3:  # warm-up: the first frames build the grid and the guard's series checks
-                t_css.append(t1 - t0)
-                t_guard.append(t2 - t1)
-        return float(np.median(t_css)) / 1e6, float(np.median(t_guard)) / 1e6
-
-    css_ms, guard_ms = run(True, True, n)
-    full_ms, _ = run(False, False, 5)  # the old way is slow: a few frames say enough
-    return {"css": css_ms, "guard": guard_ms, "total": css_ms + guard_ms, "full_css": full_ms}
+            guard.check(raw[k], den, raw_moments=css_r.last, out_moments=css_d.last)
+            t3 = time.perf_counter_ns()
+            if i >= 2:  # warm-up: engine arenas, the grid, the guard's once-per-series checks
+                t_eng.append(t1 - t0)
+                t_css.append(t2 - t1)
+                t_guard.append(t3 - t2)
+            if i < 5:  # the old full-map CSS, a few frames are enough to see its cost
+                t4 = time.perf_counter_ns()
+                full_d.update(den)
+                full_r.update(raw[k])
+                if i >= 1:
+                    t_full.append(time.perf_counter_ns() - t4)
+    med = lambda v: float(np.median(v)) / 1e6  # noqa: E731
+    out = {"engine": med(t_eng), "css": med(t_css), "guard": med(t_guard), "full_css": med(t_full)}
+    out["total"] = out["css"] + out["guard"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,24 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-frames", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "guard-cpu.md")
     args = p.parse_args(argv)
-    from bench.latency import _model, bare_engine_ms, run_stream
+    from bench.latency import _model, run_stream
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model, model_note = _model(Path(tmp))
-        raw512, _ = _frames(512)
-        eng512 = bare_engine_ms(model, raw512, n=15)
-        costs = {size: css_guard_ms(size) for size in (512, 1024)}
-        eng512 = min(eng512, bare_engine_ms(model, raw512, n=15))  # shared machine: the quieter run
+        costs = {512: measure(model, 512, 30), 1024: measure(model, 1024, 10)}
         raw1024, _ = _frames(1024)
-        eng1024 = bare_engine_ms(model, raw1024, n=6)
         stream = run_stream(model, raw1024, n=args.stream_frames, fps=0, saturated=True, css=True)
     load_after = os.getloadavg()
+    eng512, eng1024 = costs[512]["engine"], costs[1024]["engine"]
     for size, c in costs.items():
-        print(f"{size}²: CSS {c['css']:.2f} ms + guard {c['guard']:.2f} ms = {c['total']:.2f} ms "
-              f"(full-map CSS was {c['full_css']:.1f} ms)")
-    print(f"engine 512² {eng512:.1f} ms -> CSS+guard {costs[512]['total'] / eng512 * 100:.1f} %; "
-          f"stream 1024²: {stream['fps_out']:.2f} fps (engine alone {1000 / eng1024:.2f} fps)")
+        print(f"{size}²: engine {c['engine']:.1f} ms; CSS {c['css']:.2f} ms + guard {c['guard']:.2f} ms "
+              f"= {c['total'] / c['engine'] * 100:.1f} % of it (full-map CSS was {c['full_css']:.1f} ms)")
+    print(f"stream 1024²: {stream['fps_out']:.2f} fps (engine alone {1000 / eng1024:.2f} fps)")
     lines = [
         "# CSS and fidelity-guard cost on CPU (lite model, ONNX Runtime)",
         "",
@@ -108,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         "Per frame, what the publish stage adds to the engine: the rolling CSS of the denoised and "
         "the raw frame (SSIM map mean over 32 × 128 stratified window centres, "
         "`noise2atom.metrics.WindowGrid`) and the fidelity guard (`noise2atom.guard`, reusing the "
-        "CSS's window moments); one thread, median over 30 frames. Engine: median `infer` time of "
-        "one frame, two ONNX Runtime threads.",
+        "CSS's window moments) on the engine's real output; one thread. Engine: `infer` of one "
+        "frame, two ONNX Runtime threads. Measured interleaved frame by frame (engine, then CSS and "
+        "guard), so both see the same load; medians over 30 frames at 512², 10 at 1024².",
         "",
         "| size | engine ms | CSS ms (both streams) | guard ms | CSS + guard ms | share of engine "
         "| previous full-map CSS ms |",
