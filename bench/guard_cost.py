@@ -132,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Target: CSS + guard ≤ 10 % of the engine time at 512²: "
         f"**{costs[512]['total'] / eng512 * 100:.1f} %**.",
         "",
+        "On a loaded machine the engine (two threads) slows down more than the one-thread CSS and "
+        "guard, which flatters the share; read the CSS + guard milliseconds against the engine "
+        "time of a quiet run too (`latency-cpu.md`: 39.8 ms at 512², 189 ms at 1024² when it was "
+        "measured) for an upper bound.",
+        "",
         "## n2a-stream at 1024², CSS and guard on",
         "",
         "PUSH/PULL, `--policy block`, source unpaced (`bench/latency.py`'s saturated run), "

@@ -212,10 +212,11 @@ class WindowGrid:
 
     def rows_unit(self, frame: np.ndarray, lo: float, hi: float) -> np.ndarray:
         """The frame rows under the windows, mapped to [0, 1] with ``lo``/``hi`` (float32)."""
-        band = np.asarray(frame)[self._row_idx]  # (n_r, 11, W): whole rows, a fast gather
-        u = band.astype(np.float32)
-        u -= np.float32(lo)
-        u *= np.float32(1.0 / (hi - lo))
+        band = np.asarray(frame)[self._row_idx]  # (n_r, 11, W): whole rows, a fast gather (a copy)
+        u = band if band.dtype == np.float32 else band.astype(np.float32)
+        if lo != 0.0 or hi != 1.0:  # outputs already in display units skip the mapping
+            u -= np.float32(lo)
+            u *= np.float32(1.0 / (hi - lo))
         return np.clip(u, 0.0, 1.0, out=u)
 
     def window_mean(self, rows: np.ndarray) -> np.ndarray:
