@@ -5,14 +5,22 @@
     n2a-denoise INPUT... [--model MODEL] --out OUT [--engine auto|pytorch|onnxruntime|tensorrt]
                 [--batch N] [--units display|raw] [--overwrite]
 
-Each input (TIFF, npy, HDF5; DM3/DM4/EMD/SER with the ``io`` extra) is normalised with the
-checkpoint's ``Normalisation``, denoised in batches, and written as a float32 TIFF stack with the
-source's metadata plus an ``n2a`` entry (model id, engine, units). One input: ``OUT`` is the
-output file. Several inputs: ``OUT`` is a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
+Each input (TIFF, npy, HDF5; DM3/DM4/EMD/SER with the ``io`` extra) is scaled with limits taken
+from the file's own frames (:func:`noise2atom.scaling.estimate_scaling`, any dtype, offset or
+gain; the checkpoint's training ``normalisation`` only says how far the input is from what the
+model was trained on), denoised in batches, and written as a float32 TIFF stack with the source's
+metadata plus an ``n2a`` entry (model id, engine, units, the scaling used, the fidelity flags).
+One input: ``OUT`` is the output file. Several inputs: ``OUT`` is a folder and each ``a.tif``
+becomes ``OUT/a.denoised.tif``.
+
+Every frame goes through the fidelity guard (:mod:`noise2atom.guard`): clipped input, flat output,
+structure in the residual, input out of the model's training range. Any flag is reported in the
+summary on a line that starts with ``warning:``, so a blank output never passes for a good one
+behind a perfect CSS.
 
 Units: by default the output is in the model's display units, [0, 1] (``(y + 1) / 2``), the
 units the viewer shows; ``--units raw`` maps back to the input's detector units through the
-checkpoint's normalisation limits (``lo + (y + 1) / 2 * (hi - lo)``).
+file's scaling limits (``lo + (y + 1) / 2 * (hi - lo)``).
 
 Nothing is overwritten without ``--overwrite`` (every output is checked before any work starts),
 and each stack is written through a temporary file, so an interrupted run leaves no half-written
@@ -83,15 +91,31 @@ def _check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, batch:
             raise _UsageError(f"output folder is a file: {path.parent}")
 
 
-def _denoise_file(engine, stack, norm, batch: int, units: str, progress) -> np.ndarray:
+def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard) -> tuple[np.ndarray, list[list[str]]]:
+    """Denoise a stack; returns the output and each frame's guard flags."""
     frames = stack.frames
     out = np.empty(frames.shape, np.float32)
+    flags: list[list[str]] = []
     for start in range(0, len(frames), batch):
         chunk = norm.to_model(frames[start:start + batch])
         y = engine.infer(np.ascontiguousarray(chunk, dtype=np.float32))
-        out[start:start + len(y)] = norm.from_model(y) if units == "display" else norm.to_raw(y)
+        display = norm.from_model(y)
+        flags.extend(guard.check(raw, den) for raw, den in zip(frames[start:start + len(y)], display))
+        out[start:start + len(y)] = display if units == "display" else norm.to_raw(y)
         progress.update(len(y))
-    return out
+    return out, flags
+
+
+def _warning_line(src: Path, flags: list[list[str]]) -> str | None:
+    """``warning: ...`` naming each flag and on how many frames it was raised (None: no flags)."""
+    counts: dict[str, int] = {}
+    for frame_flags in flags:
+        for f in frame_flags:
+            counts[f] = counts.get(f, 0) + 1
+    if not counts:
+        return None
+    what = ", ".join(f"{name} on {n}/{len(flags)} frames" for name, n in counts.items())
+    return f"warning: {src}: {what} (see noise2atom/guard.py; CSS alone cannot be trusted here)"
 
 
 def _css_line(raw: np.ndarray, denoised: np.ndarray) -> str:
@@ -108,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from noise2atom.checkpoint import CheckpointError, default_model_path
+    from noise2atom.guard import FidelityGuard, TrainingRange
     from noise2atom.io import FrameReadError, read_frames, write_stack
+    from noise2atom.scaling import estimate_scaling
 
     import engines
 
@@ -124,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, engines.EngineError) as e:
         raise _UsageError(str(e)) from e
 
-    norm = engine.config.normalisation
+    training = TrainingRange.from_config(engine.config)
     with engine:
         info = engine.describe()
         print(f"n2a-denoise: {info['backend']} on {info['device']} ({info['precision']}), model {info['model']}",
@@ -134,11 +160,17 @@ def run(args: argparse.Namespace) -> int:
                 stack = read_frames(src)
             except FrameReadError as e:
                 raise _UsageError(str(e)) from e
+            try:
+                norm = estimate_scaling(stack.frames)
+            except ValueError as e:
+                raise _UsageError(f"{src}: cannot scale its frames: {e}") from e
+            guard = FidelityGuard(norm, dtype=stack.frames.dtype, reference=training)
             t0 = time.perf_counter()
             with tqdm(total=len(stack.frames), unit="frame", desc=src.name, disable=args.quiet,
                       file=sys.stderr) as progress:
                 try:
-                    denoised = _denoise_file(engine, stack, norm, args.batch, args.units, progress)
+                    denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units,
+                                                    progress, guard)
                 except engines.EngineError as e:
                     raise _UsageError(f"{src}: {e}") from e
             seconds = time.perf_counter() - t0
@@ -149,15 +181,21 @@ def run(args: argparse.Namespace) -> int:
                 "engine": info,
                 "units": "display [0, 1]" if args.units == "display" else "raw detector units",
                 "normalisation": norm.model_dump(),
+                "training_normalisation": training.normalisation.model_dump(),
+                "flags": sorted({f for frame_flags in flags for f in frame_flags}),
+                "flags_per_frame": flags,
             }
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
             fps = len(denoised) / seconds if seconds > 0 else float("inf")
-            # Raw CSS on the frames as the model sees them (clipped to the normalisation limits),
+            # Raw CSS on the frames as the model sees them (clipped to the file's scaling limits),
             # so hot pixels do not squash the raw sequence's min-max mapping.
             raw_seen = norm.from_model(norm.to_model(stack.frames))
             print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
                   f"{fps:.2f} frames/s; {_css_line(raw_seen, denoised)}")
+            warning = _warning_line(src, flags)
+            if warning is not None:
+                print(warning)
     return 0
 
 

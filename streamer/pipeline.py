@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
 from .stats import StreamStats
-from .subscriber import EndMarker, InFrame, Receiver
+from .subscriber import EndMarker, InFrame, Receiver, SeriesState
 from .worker import Worker
 
 __all__ = ["Denoiser", "Stream", "StreamConfig"]
@@ -88,7 +88,13 @@ class StreamConfig(BaseModel):
 
 
 class Denoiser(Worker):
-    """Denoise stage thread: raw -> model units -> engine -> [0, 1] float32."""
+    """Denoise stage thread: raw -> model units -> engine -> [0, 1] float32.
+
+    The raw -> model scaling is estimated from each series' first frame
+    (:func:`noise2atom.scaling.estimate_scaling`) and kept for the rest of the series, so any
+    detector's dtype, offset and gain works and CSS stays comparable within a series; a new series
+    (new name, shape, dtype or a restart: a new ``SeriesState``) estimates it again.
+    """
 
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
                  input_done: threading.Event, stop_event: threading.Event,
@@ -96,7 +102,8 @@ class Denoiser(Worker):
         super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
         self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
         self.input_done, self.delay_s = input_done, delay_s
-        self.norm = engine.config.normalisation
+        self.norm = engine.config.normalisation  # replaced by each series' own scaling
+        self._scaled_series: SeriesState | None = None
 
     def _put(self, item: Any, marker: bool = False) -> bool:
         while True:
@@ -110,8 +117,18 @@ class Denoiser(Worker):
     def process(self, item: InFrame) -> OutFrame | None:
         from engines.base import EngineError
 
+        from noise2atom.scaling import estimate_scaling
+
         t0 = time.perf_counter_ns()
         queue_ns = time.time_ns() - item.t_enq_ns
+        if item.series is not self._scaled_series:
+            try:
+                self.norm = estimate_scaling(item.raw)
+                self._scaled_series = item.series
+            except ValueError as e:  # e.g. a blank first frame: try again on the next one
+                log.warning("n2a-stream: cannot scale frame seq %d of %s yet (%s); using the "
+                            "model's training scaling for it", item.seq, item.series.name, e)
+                self.norm = self.engine.config.normalisation
         x = self.norm.to_model(item.raw)[None]
         t1 = time.perf_counter_ns()
         try:
@@ -126,7 +143,7 @@ class Denoiser(Worker):
         t3 = time.perf_counter_ns()
         den = np.asarray(self.norm.from_model(y), dtype=np.float32)
         t4 = time.perf_counter_ns()
-        return OutFrame(item=item, denoised=den,
+        return OutFrame(item=item, denoised=den, scaling=self.norm,
                         timing={"queue": queue_ns, "normalise": (t1 - t0) + (t4 - t3),
                                 "denoise": t3 - t1})
 
@@ -264,14 +281,19 @@ class Stream:
         except BaseException:
             self._close_resources()
             raise
-        from noise2atom.metrics import RollingCSS  # after the engine: keeps `import streamer` light
+        # after the engine: keeps `import streamer` light
+        from noise2atom.guard import FidelityGuard, TrainingRange
+        from noise2atom.metrics import RollingCSS
 
-        norm = self.engine.config.normalisation
+        training = TrainingRange.from_config(self.engine.config)
         model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
 
-        def make_css() -> tuple[RollingCSS, RollingCSS]:
+        def make_css(scaling: Any) -> tuple[RollingCSS, RollingCSS]:
             return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
-                    RollingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
+                    RollingCSS(cfg.css_window, lo=scaling.lo, hi=scaling.hi))
+
+        def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
+            return FidelityGuard(scaling, dtype=dtype, reference=training)
 
         inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
                          is_droppable=lambda i: isinstance(i, InFrame))
@@ -287,7 +309,8 @@ class Stream:
                             failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000)
         publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
                               stop_event=self.publish_stop, failed=self.failed,
-                              make_css=make_css if cfg.css else None, engine_name=self.engine_name,
+                              make_css=make_css if cfg.css else None, make_guard=make_guard,
+                              engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
                               recorder=self.recorder)
         # Connect last: a PUB source may start sending as soon as we subscribe.
@@ -401,6 +424,7 @@ class Stream:
             "rejected": st.rejected.total(),
             "css_mean": last.get("css_mean"), "css_raw_mean": last.get("css_raw_mean"),
             "meta_mismatch": last.get("meta_mismatch") or [],
+            "flags": last.get("flags") or [],
         }
 
     def status_line(self) -> str:
@@ -418,6 +442,8 @@ class Stream:
                 f"CSS raw {f(s['css_raw_mean'], '.3f')} denoised {f(s['css_mean'], '.3f')}")
         if s["meta_mismatch"]:
             line += f" | META MISMATCH: {', '.join(s['meta_mismatch'])}"
+        if s["flags"]:
+            line += f" | FLAGS: {', '.join(s['flags'])}"
         return line
 
     def summary(self) -> dict[str, Any]:
@@ -441,6 +467,7 @@ class Stream:
             "recorded": self.recorder.counts() if self.recorder is not None else None,
             "not_recorded": self.recorder.not_recorded() if self.recorder is not None else None,
             "recording_error": self.recorder.error if self.recorder is not None else None,
+            "flagged_frames": self.publisher.flag_counts.snapshot() if self._threads else {},
         }
 
     def summary_text(self, summary: dict[str, Any] | None = None) -> str:
@@ -465,4 +492,7 @@ class Stream:
                             f"{s['recorded']}, not recorded {s['not_recorded']}")
         elif s.get("recorded") is not None:
             lines.insert(2, f"n2a-stream: recorded {s['recorded']}")
+        if s.get("flagged_frames"):
+            what = ", ".join(f"{k} on {n}/{s['published']} frames" for k, n in s["flagged_frames"].items())
+            lines.insert(2, f"n2a-stream: warning: fidelity guard flags: {what}")
         return "\n".join(lines)

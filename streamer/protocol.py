@@ -6,7 +6,7 @@ A message is a ZeroMQ multipart message ``[header, payload, (payload2, ...)]``:
   ``series`` (str). Frames add ``seq`` (int >= 0, increasing), ``shape`` ([H, W]), ``dtype`` (numpy
   name, one of :data:`ALLOWED_DTYPES`), ``t_acq_ns`` (int) and an optional ``meta`` map of
   acquisition settings. Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
-  ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch`` and ``parts`` (the
+  ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch``, ``flags`` and ``parts`` (the
   names of the payload parts, e.g. ``["denoised", "raw"]``).
 - each payload is the raw little-endian C-order bytes of one (H, W) array, exactly
   ``H * W * itemsize`` long. All parts share ``shape``; ``dtype`` is the first part's dtype and the
@@ -86,6 +86,7 @@ OUTPUT_FIELDS: dict[str, tuple[type, ...]] = {
     "dropped": (int,),
     "gaps": (int,),
     "meta_mismatch": (list,),
+    "flags": (list,),
 }
 
 

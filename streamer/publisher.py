@@ -18,7 +18,7 @@ import zmq
 
 from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
 from .queues import FrameQueue
-from .stats import StreamStats
+from .stats import Counters, StreamStats
 from .subscriber import EndMarker, InFrame, SeriesState
 from .worker import Worker
 
@@ -34,6 +34,7 @@ class OutFrame:
     item: InFrame
     denoised: np.ndarray  # float32 in [0, 1]
     timing: dict[str, int] = field(default_factory=dict)
+    scaling: Any = None  # the series' input scaling (noise2atom Normalisation) the denoiser used
 
 
 class Publisher(Worker):
@@ -52,8 +53,11 @@ class Publisher(Worker):
     failed
         Set when this thread fails.
     make_css
-        ``() -> (css_denoised, css_raw)`` pair of fresh ``noise2atom.metrics.RollingCSS`` objects for a new series;
-        ``None``: no CSS (the css fields are nil).
+        ``(scaling) -> (css_denoised, css_raw)`` pair of fresh ``noise2atom.metrics.RollingCSS`` objects for a
+        new series (the raw one maps with the series' scaling); ``None``: no CSS (the css fields are nil).
+    make_guard
+        ``(scaling, dtype) -> noise2atom.guard.FidelityGuard`` for a new series; ``None``: no guard
+        (``flags`` stays empty).
     engine_name, model_id
         For the output header.
     with_raw
@@ -64,10 +68,13 @@ class Publisher(Worker):
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
                  stop_event: threading.Event, failed: threading.Event, make_css: Any,
-                 engine_name: str, model_id: str, with_raw: bool, recorder: Any = None) -> None:
+                 engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
+                 make_guard: Any = None) -> None:
         super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
+        self.make_guard, self._guard, self._scaling = make_guard, None, None
+        self.flag_counts = Counters()  # frames published with each guard flag
         self.with_raw, self.recorder = with_raw, recorder
         self.subscriptions = 0
         self._series: SeriesState | None = None
@@ -79,11 +86,18 @@ class Publisher(Worker):
     def _send(self, parts: list[Any]) -> None:
         send_message(self.socket, parts, flags=zmq.NOBLOCK)
 
-    def _start_series(self, series: SeriesState) -> None:
+    def _measure_with(self, series: SeriesState, scaling: Any) -> None:
+        """Fresh CSS and guard for the series' input scaling."""
+        self._scaling = scaling
+        self._css = self.make_css(scaling) if self.make_css is not None and scaling is not None else None
+        self._guard = (self.make_guard(scaling, series.dtype or "float32")
+                       if self.make_guard is not None and scaling is not None else None)
+
+    def _start_series(self, series: SeriesState, scaling: Any = None) -> None:
         if self._series is not None and self._series is not series:
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
-        self._css = self.make_css() if self.make_css is not None else None
+        self._measure_with(series, scaling)
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)
         self._send(parts)
@@ -93,7 +107,9 @@ class Publisher(Worker):
     def publish(self, out: OutFrame) -> None:
         item = out.item
         if item.series is not self._series:
-            self._start_series(item.series)
+            self._start_series(item.series, out.scaling)
+        elif out.scaling is not self._scaling:  # the denoiser could scale this series only now
+            self._measure_with(item.series, out.scaling)
         t0 = time.perf_counter_ns()
         if self._css is not None:
             css_den, css_raw = self._css
@@ -102,13 +118,22 @@ class Publisher(Worker):
         else:
             css = css_mean = craw = craw_mean = None
         t1 = time.perf_counter_ns()
-        timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0)
+        flags: list[str] = []
+        if self._guard is not None:  # reuses the CSS's window moments when there are any
+            flags = self._guard.check(
+                item.raw, out.denoised,
+                raw_moments=self._css[1].last if self._css is not None else None,
+                out_moments=self._css[0].last if self._css is not None else None)
+            for f in flags:
+                self.flag_counts.add(f)
+        t_guard = time.perf_counter_ns()
+        timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0, guard=t_guard - t1)
         counts = self.stats.counts
         fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
                       engine=self.engine_name, model=self.model_id,
                       dropped=counts.get("dropped"), gaps=counts.get("gaps"),
                       rejected=self.stats.rejected.total(),
-                      meta_mismatch=list(item.series.mismatch))
+                      meta_mismatch=list(item.series.mismatch), flags=flags)
         now = time.time_ns()
         timing["receive_to_publish"] = now - item.t_recv_ns
         timing["acq_to_publish"] = now - item.t_acq_ns
@@ -135,7 +160,8 @@ class Publisher(Worker):
         st.add_css("css", css)
         st.add_css("css_raw", craw)
         st.set_last(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
-                    series=item.series.name, seq=item.seq, meta_mismatch=list(item.series.mismatch))
+                    series=item.series.name, seq=item.seq, meta_mismatch=list(item.series.mismatch),
+                    flags=flags)
 
     def work(self) -> None:
         while True:

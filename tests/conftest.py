@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 # Qt must be told before any Qt import: CI and our machines have no display.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -10,6 +12,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest
+
+# --import-mode=importlib puts no test folder on sys.path; shared helpers (detector_styles) live here.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _cuda_available() -> bool:

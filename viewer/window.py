@@ -170,12 +170,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         sb = self.statusBar()
         self.status_labels: dict[str, QtWidgets.QLabel] = {}
         for key in ("state", "series", "frame", "fps", "latency", "dropped", "gaps", "skips",
-                    "errors", "engine", "mismatch"):
+                    "errors", "engine", "mismatch", "flags"):
             label = QtWidgets.QLabel("")
             label.setObjectName(f"status-{key}")
             self.status_labels[key] = label
-            sb.addPermanentWidget(label) if key in ("engine", "mismatch") else sb.addWidget(label)
+            sb.addPermanentWidget(label) if key in ("engine", "mismatch", "flags") else sb.addWidget(label)
         self.status_labels["mismatch"].hide()
+        self.status_labels["flags"].hide()
 
     # ------------------------------------------------------------------------------- actions
 
@@ -350,6 +351,15 @@ class ViewerWindow(QtWidgets.QMainWindow):
             lab["mismatch"].show()
         else:
             lab["mismatch"].hide()
+        flags = h.get("flags") or []
+        if flags:  # the fidelity guard's flags: CSS cannot be trusted on this frame
+            _set_warn(lab["flags"], "⚠ " + ", ".join(map(str, flags)), True)
+            lab["flags"].setToolTip("n2a-stream's fidelity guard flagged this frame (clipped input, "
+                                    "flat output, structure in the residual or input outside the "
+                                    "model's training range): its CSS is not to be trusted.")
+            lab["flags"].show()
+        else:
+            lab["flags"].hide()
 
     def _refresh_slow(self, *, force: bool = False) -> None:
         """Redraw what need not follow every frame (histograms, CSS plot, status bar) at most every

@@ -14,6 +14,7 @@ import tifffile
 import engines
 from engines.cli import main
 from noise2atom.checkpoint import model_id
+from noise2atom.scaling import estimate_scaling
 
 
 @pytest.fixture
@@ -37,10 +38,13 @@ def test_denoises_a_tiff_stack(raw_tiff, lite_checkpoint, tmp_path, capsys):
     assert rc == 0
     denoised, meta = _read(out)
     assert denoised.shape == (4, 48, 40) and denoised.dtype == np.float32
-    # The same numbers as the engine gives on the normalised frames, in display units [0, 1].
+    # The same numbers as the engine gives on the frames scaled by their own limits (not the
+    # checkpoint's training normalisation), in display units [0, 1].
     raw = tifffile.imread(raw_tiff)
+    norm = estimate_scaling(raw)
+    assert meta["n2a"]["normalisation"] == norm.model_dump()
     with engines.open_engine(lite_checkpoint, "onnxruntime") as engine:
-        norm = engine.config.normalisation
+        assert engine.config.normalisation != norm
         expected = norm.from_model(engine.infer(norm.to_model(raw)))
     np.testing.assert_allclose(denoised, expected, atol=1e-6)
     assert meta["n2a"]["model"] == model_id(lite_checkpoint)
@@ -53,18 +57,18 @@ def test_denoises_a_tiff_stack(raw_tiff, lite_checkpoint, tmp_path, capsys):
 
 def test_raw_units_and_several_inputs_into_a_folder(raw_tiff, lite_checkpoint, tmp_path):
     second = tmp_path / "other.npy"
-    np.save(second, tifffile.imread(raw_tiff)[:2])
+    np.save(second, tifffile.imread(raw_tiff))  # the same frames in another format
     folder = tmp_path / "outs"
     rc = main([str(raw_tiff), str(second), "--model", str(lite_checkpoint), "--out", str(folder),
                "--units", "raw", "--engine", "pytorch", "--device", "cpu", "--quiet"])
     assert rc == 0
     a, meta = _read(folder / "series.denoised.tif")
     b, _ = _read(folder / "other.denoised.tif")
-    assert a.shape == (4, 48, 40) and b.shape == (2, 48, 40)
+    assert a.shape == (4, 48, 40) and b.shape == (4, 48, 40)
     assert meta["n2a"]["units"] == "raw detector units"
     lo, hi = meta["n2a"]["normalisation"]["lo"], meta["n2a"]["normalisation"]["hi"]
     assert lo <= a.min() and a.max() <= hi
-    np.testing.assert_allclose(a[:2], b, atol=1e-3)  # same frames, same answer
+    np.testing.assert_allclose(a, b, atol=1e-3)  # same frames, same scaling, same answer
 
 
 def test_existing_output_is_kept_without_overwrite(raw_tiff, lite_checkpoint, tmp_path, capsys):

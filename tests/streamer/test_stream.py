@@ -8,6 +8,7 @@ import zmq
 from stream_testutils import SHAPE, Collector, wait_until
 from noise2atom.checkpoint import load_checkpoint
 from noise2atom.metrics import ssim, to_unit
+from noise2atom.scaling import estimate_scaling
 from noise2atom.stem_sim import StemSimulator
 from streamer.pipeline import Stream
 from streamer.recorder import read_recording
@@ -55,7 +56,9 @@ def test_end_to_end_200_frames_in_order_with_css_and_recording(zmq_ctx, lite_mod
     assert [m.seq for m in out] == list(range(200))
     types = [m.type for m in col.messages]
     assert types[0] == "start" and types[-1] == "end"
-    norm = load_checkpoint(lite_model).config.normalisation
+    # the raw CSS maps with the series' own scaling, estimated from its first frame
+    norm = estimate_scaling(frames[0])
+    assert norm != load_checkpoint(lite_model).config.normalisation
     for m, raw in zip(out, frames):
         h = m.header
         assert h["series"] == "e2e" and h["parts"] == ["denoised", "raw"]

@@ -1,0 +1,68 @@
+"""Frames of six detector styles made from one simulated clean lattice (issue 12, item 6).
+
+The same Poisson counts, written the way six kinds of detector or acquisition program deliver
+them: counts from 0, an offset of 15,000, a 3e6 scale in uint32, float in 0..1, int16 with a
+negative offset, uint8. ``noise2atom.stem_sim`` gives the clean truth.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from noise2atom.stem_sim import StemSimulator
+
+#: Counts at a full atom's peak: inside the bundled model's training doses (0.4-2).
+PEAK_COUNTS = 2.0
+
+
+def clean_series(n: int = 3, shape: tuple[int, int] = (128, 128), seed: int = 3) -> np.ndarray:
+    """(n, H, W) float32 clean lattice frames in [0, 1] (a slowly drifting crystal)."""
+    sim = StemSimulator(shape=shape, scene="crystal", seed=seed)
+    return np.stack([sim.frame(t).clean for t in range(n)])
+
+
+def detector_styles(clean: np.ndarray, *, peak: float = PEAK_COUNTS, seed: int = 1) -> dict[str, np.ndarray]:
+    """``{style: (n, H, W) frames}``: the same Poisson counts in six detector encodings."""
+    counts = np.random.default_rng(seed).poisson(clean * peak + 0.05)
+    return {
+        "uint16_counts": counts.astype(np.uint16),
+        "uint16_offset15000": (15_000 + 8 * counts).astype(np.uint16),
+        "uint32_3e6": (3_000_000 + 100_000 * counts).astype(np.uint32),
+        "float32_unit": (counts / 12.0).astype(np.float32),
+        "int16_negative_offset": (-2_000 + 50 * counts).astype(np.int16),
+        "uint8": np.minimum(10 + 30 * counts, 255).astype(np.uint8),
+    }
+
+
+STYLES = tuple(detector_styles(np.zeros((1, 2, 2), np.float32)))
+
+
+def mean_correlation(frames: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over frames of the pixel correlation with the truth (0 for a constant frame)."""
+    values = []
+    for f, t in zip(frames, truth):
+        f = np.asarray(f, np.float64)
+        values.append(0.0 if f.std() == 0 else float(np.corrcoef(f.ravel(), t.ravel())[0, 1]))
+    return float(np.mean(values))
+
+
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository root (the clone sits beside ``shared/`` in CI);
+    ``$N2A_SHARED_DATA`` points elsewhere (a worktree that does not sit beside it)."""
+    env = os.environ.get("N2A_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def zero_checkpoint(path: Path) -> Path:
+    """A real lite checkpoint whose generator outputs a constant (every weight zero), with the
+    bundled model's config: the engine runs it like any model and it blanks every frame."""
+    import torch
+
+    from noise2atom.checkpoint import default_model_path, load_checkpoint, save_checkpoint
+    from noise2atom.models import build_generator
+
+    config = load_checkpoint(default_model_path()).config
+    state = {k: torch.zeros_like(v) for k, v in build_generator(config.size).state_dict().items()}
+    return save_checkpoint(path, config, state)
