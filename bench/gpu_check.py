@@ -80,7 +80,7 @@ def plan(args) -> list[Step]:
              args.train_minutes * 60 + 60, background=True),
         Step("train-blindspot", f"mkdir -p {work} && {train} --method blindspot --out {work}/blindspot.safetensors",
              args.train_minutes * 60 + 60, background=True),
-        Step("gpu-tests", f"{py} -m pytest -q -p no:cacheprovider -m gpu -x --timeout 120 tests/engines", 150),
+        Step("gpu-tests", f"{py} -m pytest -q -p no:cacheprovider -m gpu --timeout 120 tests", 150),
         Step("bench-engines", f"{py} bench/engines.py --sizes lite,paper --sides 512,1024 "
                               f"--precisions fp32,fp16 --repeats 10,100 --case-timeout 90 --budget-s 110 "
                               f"--out bench/results/engines-gpu.md", 130,
