@@ -14,6 +14,10 @@ Standard library only (it runs before the venv exists)::
 
     python3 bench/gpu_check.py --dry-run      # print the plan, run nothing
     python3 bench/gpu_check.py                # on the GPU machine (make gpu-check)
+    python3 bench/gpu_check.py --use-python /opt/torch/.venv/bin/python3 --wheels wheels/
+        # a GPU machine with no network: its own CUDA torch, n2a's missing dependencies as wheels
+        # (onnxruntime-gpu is ~300 MB; where it cannot be carried, the ONNX Runtime CUDA rows fail
+        # and say so)
 """
 from __future__ import annotations
 
@@ -51,14 +55,18 @@ class Outcome:
 def plan(args) -> list[Step]:
     venv = Path(args.venv)
     py, pip = venv / "bin" / "python", venv / "bin" / "pip"
+    if args.use_python:  # a machine without PyPI: its own CUDA torch, plus carried wheels
+        py = Path(args.use_python)
+        pip = f"{py} -m pip"
     work = Path(args.work)
     m = f"{args.train_minutes:g}"
-    train = (f"{venv}/bin/n2a-train --simulate --sim-scene crystal --sim-peak-counts {args.dose:g} "
+    train = (f"{py} -m noise2atom.cli --simulate --sim-scene crystal --sim-peak-counts {args.dose:g} "
              f"--sim-size 256 --sim-frames 40 --model {args.train_model} --device cuda --minutes {m} "
              f"--quiet --seed 0")
     # Scored on the CPU cores the benchmarks leave alone, so the GPU stays quiet for them.
     quality = (f"taskset -c {args.quality_cpus} {py} -m bench.quality --no-train --doses {args.dose:g} "
                f"--scenes crystal --no-bm3d")
+    latency_engine = "--engine auto" if args.use_python else "--engine onnxruntime --device cuda"
     cpu_only = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
     steps = [
         Step("card", "nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader"
@@ -69,6 +77,13 @@ def plan(args) -> list[Step]:
         Step("install-torch", f"{pip} install --quiet {shlex.quote(args.torch_spec)}", 200),
         Step("install-n2a", f"{pip} install --quiet -e '.[test]' && {pip} uninstall --quiet -y onnxruntime"
                             f" && {pip} install --quiet 'onnxruntime-gpu[cuda,cudnn]>=1.20'", 150),
+    ]
+    if args.use_python:
+        steps = [steps[0]]
+        if args.wheels:
+            steps.append(Step("install-wheels", f"{pip} install --quiet --no-index --find-links "
+                                                f"{shlex.quote(args.wheels)} {shlex.quote(args.wheels)}/*.whl", 120))
+    steps += [
         Step("versions", f"{py} -c \"import sys, torch, onnxruntime as o; "
                          "print('python', sys.version.split()[0]); "
                          "print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', "
@@ -80,12 +95,13 @@ def plan(args) -> list[Step]:
              args.train_minutes * 60 + 60, background=True),
         Step("train-blindspot", f"mkdir -p {work} && {train} --method blindspot --out {work}/blindspot.safetensors",
              args.train_minutes * 60 + 60, background=True),
-        Step("gpu-tests", f"{py} -m pytest -q -p no:cacheprovider -m gpu --timeout 120 tests", 150),
+        Step("gpu-tests", f"{py} -m pytest -q -p no:cacheprovider -m gpu --timeout 120 tests/engines", 150),
         Step("bench-engines", f"{py} bench/engines.py --sizes lite,paper --sides 512,1024 "
                               f"--precisions fp32,fp16 --repeats 10,100 --case-timeout 90 --budget-s 110 "
                               f"--out bench/results/engines-gpu.md", 130,
              wait=("train-noise2atom", "train-blindspot")),
-        Step("bench-latency", f"{py} bench/latency.py --engine onnxruntime --device cuda --model-size paper "
+        # ONNX Runtime CUDA opens in seconds; without onnxruntime-gpu (--use-python), auto (compiled torch).
+        Step("bench-latency", f"{py} bench/latency.py {latency_engine} --model-size paper "
                               f"--sizes 1024 --fps 60 --frames 120 --warmup-frames 10 "
                               f"--out bench/results/latency-gpu.md", 75),
         Step("quality-wait", "true", 5, wait=("quality-noise2atom", "quality-blindspot")),
@@ -143,7 +159,8 @@ def run(args, steps: list[Step], min_start: float = 10.0) -> list[Outcome]:
         limit = min(step.timeout, left)
         log = logs / f"{step.name}.log"
         print(f"[gpu-check] {step.name} (≤ {limit:.0f} s): {step.cmd}", flush=True)
-        env = {**os.environ, **step.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **step.env, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         started = time.monotonic()
         with open(log, "w") as f:
             proc = subprocess.Popen(step.cmd, shell=True, cwd=ROOT, env=env, stdout=f,
@@ -169,7 +186,8 @@ def report(args, outcomes: list[Outcome], total: float) -> str:
         "",
         f"Card (name, driver, memory, compute capability): {card}. Written by `python3 bench/gpu_check.py` "
         f"on {time.strftime('%Y-%m-%d %H:%M %Z')} in {total / 60:.1f} min (budget {args.budget_min:g} min); "
-        f"torch spec `{args.torch_spec}`.",
+        + (f"the machine's own Python `{args.use_python}` (no venv)." if args.use_python
+           else f"torch spec `{args.torch_spec}`."),
         "",
         "| step | status | seconds |",
         "|---|---|---:|",
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality-cpus", default="8-15", help="cores the quality scoring may use (taskset list)")
     p.add_argument("--python", default=sys.executable, help="the Python that makes the venv")
     p.add_argument("--venv", default=str(ROOT / "build" / "gpu-check" / "venv"))
+    p.add_argument("--use-python", default=None,
+                   help="no venv, no PyPI: run with this Python's own CUDA torch (e.g. a GPU image's)")
+    p.add_argument("--wheels", default=None, help="with --use-python: install every wheel in this folder first")
     p.add_argument("--work", default=str(ROOT / "build" / "gpu-check"))
     p.add_argument("--torch-spec", default=os.environ.get("TORCH_SPEC", "torch==2.13.0"),
                    help="CUDA torch from PyPI (default $TORCH_SPEC or torch==2.13.0, a CUDA 13 build there)")
