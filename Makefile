@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 # CPU build of torch (on disk on our machines); GPU users: make test TORCH_SPEC='torch>=2.4'
 TORCH_SPEC ?= torch==2.13.0
 DEMO_FRAMES ?= 150
+# gpu-check: torch from PyPI is a CUDA build (2.13.0: CUDA 13, as onnxruntime-gpu 1.31)
+GPU_TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test demo install bench-engines bench-latency bench-quality bench-viewer model clean
+.PHONY: test demo install bench-engines bench-latency bench-quality bench-viewer gpu-check gpu-check-plan model clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,14 @@ bench-quality: $(BIN)/.installed
 
 bench-viewer: $(BIN)/.installed
 	$(BIN)/python -m bench.viewer
+
+# On a GPU machine (PyPI only): its own venv with CUDA torch + onnxruntime-gpu, gpu tests, GPU
+# benchmarks, 3 min of training per method; about 8 minutes. Writes bench/results/*-gpu.md.
+gpu-check:
+	TORCH_SPEC="$(GPU_TORCH_SPEC)" $(PYTHON) bench/gpu_check.py
+
+gpu-check-plan:
+	$(PYTHON) bench/gpu_check.py --dry-run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,7 +13,14 @@ For each frame size (256², 512², 1024²):
 
 Writes ``bench/results/latency-cpu.md``. Usage: ``python bench/latency.py [--sizes 256 512 1024]``.
 The model is the bundled one when present, else a random-initialised lite generator (the same
-compute; weights do not change the timing).
+compute; weights do not change the timing). On a GPU::
+
+    python bench/latency.py --engine auto --model-size paper --sizes 512 1024 --fps 60 \
+        --warmup-frames 10 --out bench/results/latency-gpu.md
+
+``--model-size paper`` uses a random-initialised paper generator; ``--fps`` paces the source at
+that rate instead of 70 % of the saturated rate; the first ``--warmup-frames`` outputs of every
+run (compilation, graph capture on the first frame of a shape) are left out of the statistics.
 """
 from __future__ import annotations
 
@@ -38,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 FRAMES = {256: 40, 512: 24, 1024: 10}
 
 
-def _model(tmp: Path) -> tuple[Path, str]:
+def _model(tmp: Path, size: str = "lite") -> tuple[Path, str]:
     from noise2atom.checkpoint import default_model_path, load_checkpoint
 
     bundled = default_model_path()
-    if bundled.is_file() and load_checkpoint(bundled).config.size == "lite":
+    if bundled.is_file() and load_checkpoint(bundled).config.size == size:
         return bundled, f"bundled ({bundled.name})"
     import torch
 
@@ -53,16 +60,17 @@ def _model(tmp: Path) -> tuple[Path, str]:
     torch.manual_seed(0)
     sim = StemSimulator(shape=(128, 128), seed=0)
     frames = np.stack([sim.frame(t).noisy for t in range(4)])
-    cfg = ModelConfig(size="lite", method="blindspot", normalisation=Normalisation.from_frames(frames),
+    cfg = ModelConfig(size=size, method="blindspot", normalisation=Normalisation.from_frames(frames),
                       data=fingerprint_frames([frames], meta=sim.meta))
-    path = save_checkpoint(tmp / "lite.safetensors", cfg, build_generator("lite").state_dict())
-    return path, "random-init lite (no bundled model yet)"
+    path = save_checkpoint(tmp / f"{size}.safetensors", cfg, build_generator(size).state_dict())
+    return path, f"random-init {size} (no bundled {size} model)"
 
 
-def bare_engine_ms(model: Path, frames: list[np.ndarray], n: int) -> float:
+def bare_engine_ms(model: Path, frames: list[np.ndarray], n: int, engine: str = "onnxruntime",
+                   device: str | None = None) -> float:
     from engines import open_engine
 
-    with open_engine(model, backend="onnxruntime") as eng:
+    with open_engine(model, backend=engine, device=device) as eng:
         norm = eng.config.normalisation
         xs = [norm.to_model(f)[None] for f in frames]
         eng.infer(xs[0])
@@ -75,11 +83,23 @@ def bare_engine_ms(model: Path, frames: list[np.ndarray], n: int) -> float:
     return float(np.median(times)) / 1e6
 
 
+def _gpu() -> str:
+    import engines
+
+    if not engines.cuda_available():
+        return "no GPU"
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
 class Client(threading.Thread):
     """SUB client: t_acq -> received latency and the header timings of every output."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, skip: int = 0) -> None:
         super().__init__(daemon=True)
+        self.skip = skip  # first outputs left out of the statistics (compilation, capture)
+        self.seen = 0
         from streamer.protocol import decode
 
         self.decode = decode
@@ -98,24 +118,28 @@ class Client(threading.Thread):
                 t = time.time_ns()
                 m = self.decode(parts)
                 if m.type == "frame":
+                    self.seen += 1
+                    if self.seen <= self.skip:
+                        continue
                     self.latency_ms.append((t - m.t_acq_ns) / 1e6)
                     self.timings.append(m.header["timing"])
         self.sock.close(0)
 
 
 def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
-               saturated: bool, css: bool = True) -> dict:
+               saturated: bool, css: bool = True, engine: str = "onnxruntime", device: str | None = None,
+               skip: int = 0) -> dict:
     from streamer.pipeline import Stream
     from streamer.replay import Replay
 
     pattern = "push" if saturated else "pub"
     ctx = zmq.Context()
-    replay = Replay(frames=frames, fps=0 if saturated else fps, count=n, loop=True,
+    replay = Replay(frames=frames, fps=0 if saturated else fps, count=n + skip, loop=True,
                     pattern=pattern, wait_subscribers=0 if saturated else 1)
-    stream = Stream(source=replay.bind(), model=model, engine="onnxruntime",
+    stream = Stream(source=replay.bind(), model=model, engine=engine, device=device,
                     pattern="pull" if saturated else "sub",
                     policy="block" if saturated else "latest", max_queue=2, css=css).start()
-    client = Client(ctx, stream.out_endpoint)
+    client = Client(ctx, stream.out_endpoint, skip=skip)
     client.start()
     deadline = time.monotonic() + 10
     while stream.subscriptions < 1 and time.monotonic() < deadline:
@@ -130,6 +154,7 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
         time.sleep(0.005)
     done = time.perf_counter()
     got = len(client.latency_ms)
+    engine_name, selected = stream.engine_name, stream.engine_info.get("selected", "")
     summary = stream.stop()
     client.stop.set()
     client.join(5)
@@ -142,29 +167,36 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     lat = np.array(client.latency_ms)
     return {"received": got, "sent": n, "dropped": summary["dropped"],
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "stages": stages, "fps_out": fps_out}
+            "stages": stages, "fps_out": fps_out, "engine": engine_name, "selected": selected}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency-cpu.md")
+    p.add_argument("--engine", default="onnxruntime", help="engine back end (default onnxruntime; auto on a GPU)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--model-size", choices=("lite", "paper"), default="lite")
+    p.add_argument("--fps", type=float, default=None, help="paced rate (default: 70 %% of the saturated rate)")
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default: per size)")
+    p.add_argument("--warmup-frames", type=int, default=0, help="outputs left out of every run's statistics")
     args = p.parse_args(argv)
+    run = dict(engine=args.engine, device=args.device, skip=args.warmup_frames)
     from streamer.replay import simulated_source
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model, model_note = _model(Path(tmp))
+        model, model_note = _model(Path(tmp), args.model_size)
         for size in args.sizes:
-            n = FRAMES.get(size, 20)
+            n = args.frames or FRAMES.get(size, 20)
             source, _ = simulated_source(shape=(size, size), precompute=4)
             frames = [source(t) for t in range(4)]
-            eng_ms = bare_engine_ms(model, frames, n=max(5, n // 2))
-            sat = run_stream(model, frames, n=n, fps=0, saturated=True)
-            nocss = run_stream(model, frames, n=n, fps=0, saturated=True, css=False)
-            paced_fps = 0.7 * sat["fps_out"]
-            paced = run_stream(model, frames, n=n, fps=paced_fps, saturated=False)
-            eng_after = bare_engine_ms(model, frames, n=max(5, n // 2))
+            eng_ms = bare_engine_ms(model, frames, n=max(5, n // 2), engine=args.engine, device=args.device)
+            sat = run_stream(model, frames, n=n, fps=0, saturated=True, **run)
+            nocss = run_stream(model, frames, n=n, fps=0, saturated=True, css=False, **run)
+            paced_fps = args.fps or 0.7 * sat["fps_out"]
+            paced = run_stream(model, frames, n=n, fps=paced_fps, saturated=False, **run)
+            eng_after = bare_engine_ms(model, frames, n=max(5, n // 2), engine=args.engine, device=args.device)
             eng_ms = min(eng_ms, eng_after)  # the machine is shared: take the quieter run
             frame_ms = 1000 / sat["fps_out"]
             nocss_ms = 1000 / nocss["fps_out"]
@@ -173,20 +205,23 @@ def main(argv: list[str] | None = None) -> int:
                   f"({(frame_ms / eng_ms - 1) * 100:+.1f} %), without CSS {nocss_ms:.1f} ms "
                   f"({(nocss_ms / eng_ms - 1) * 100:+.1f} %); paced {paced_fps:.2f} fps: p50 "
                   f"{paced['p50']:.1f} ms p99 {paced['p99']:.1f} ms", flush=True)
+    engine_label = rows[-1][3]["engine"] if rows else args.engine
+    selected = rows[-1][3]["selected"] if rows else ""
     lines = [
-        "# n2a-stream latency on CPU (lite model, ONNX Runtime)",
+        f"# n2a-stream latency ({args.model_size} model, engine {engine_label})",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs "
+        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {_gpu()} "
         f"(shared with other jobs while measured), {platform.python_version()}; "
-        f"model: {model_note}. Made by `python bench/latency.py`, "
+        f"model: {model_note}. Made by `{' '.join(['python bench/latency.py', *(argv or sys.argv[1:])])}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}.",
-        "",
+        *([f"{selected}.", ""] if selected else [""]),
         "Throughput: PUSH/PULL, `--policy block`, source unpaced; ms/frame = 1 / sustained rate. "
         "Overhead = stream ms/frame / bare engine ms − 1 (target ≤ 10 % at 512²), with the "
         "rolling CSS on (default) and off (`--no-css`). Latency = acquisition timestamp "
-        "(`t_acq_ns`) to the output received by a SUB client, source paced at 70 % of the "
-        "stream's sustained rate (policy latest); stage times are medians of the output headers' "
-        "`timing`.",
+        "(`t_acq_ns`) to the output received by a SUB client, source paced at "
+        + (f"{args.fps:g} fps" if args.fps else "70 % of the stream's sustained rate")
+        + " (policy latest); stage times are medians of the output headers' `timing`."
+        + (f" The first {args.warmup_frames} outputs of every run are left out." if args.warmup_frames else ""),
         "",
         "| size | bare engine ms | stream ms/frame | overhead | no-CSS ms/frame | overhead no CSS "
         "| paced fps | e2e p50 ms | e2e p99 ms | received/sent | receive ms | queue ms "

@@ -22,15 +22,25 @@ __all__ = [
     "EngineBuildError",
     "EngineError",
     "Precision",
+    "Selection",
     "check_batch",
     "cuda_available",
     "open_engine",
+    "select_backend",
     "tensorrt_available",
 ]
 
 Backend = Literal["auto", "pytorch", "onnxruntime", "tensorrt"]
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
-GPU_EXTRA = "pip install n2a[gpu]"
+GPU_EXTRA = "pip install n2a[gpu]"  # onnxruntime-gpu; CUDA torch comes from the user's own install
+
+
+def __getattr__(name: str):  # engines.select imports onnxruntime/torch only when called
+    if name in ("Selection", "select_backend"):
+        from . import select
+
+        return getattr(select, name)
+    raise AttributeError(f"module 'engines' has no attribute {name!r}")
 
 
 def cuda_available() -> bool:
@@ -43,13 +53,15 @@ def cuda_available() -> bool:
 
 
 def tensorrt_available() -> tuple[bool, str]:
-    """(True, "") when TensorRT and cuda-python import, else (False, what is missing)."""
+    """(True, "") when TensorRT and cuda-python import, else (False, what is missing and where to get it)."""
+    from .select import TENSORRT_INSTALL
     from .tensorrt import import_tensorrt
 
     try:
         import_tensorrt()
     except BackendUnavailableError as e:
-        return False, str(e)
+        cause = e.__cause__ if e.__cause__ is not None else e  # the import error itself
+        return False, f"tensorrt back end needs TensorRT >= 10 and cuda-python ({TENSORRT_INSTALL}) (got: {cause})"
     return True, ""
 
 
@@ -67,16 +79,17 @@ def open_engine(
     checkpoint
         A checkpoint file (``noise2atom.checkpoint.save_checkpoint``).
     backend
-        ``"auto"`` picks TensorRT if it imports and a GPU is present, else PyTorch on CUDA,
-        else ONNX Runtime on CPU. A named back end that cannot run raises
-        `BackendUnavailableError`; there is no silent fallback.
+        ``"auto"`` picks the fastest installed (`engines.select`): TensorRT, else PyTorch on CUDA
+        compiled with CUDA graphs, else ONNX Runtime's CUDA provider, else ONNX Runtime on the
+        CPU; ``engine.selection.message()`` says which and why not the faster ones. A named back
+        end that cannot run raises `BackendUnavailableError`; there is no silent fallback.
     device
         ``"cpu"`` or ``"cuda[:N]"``; default: CUDA for tensorrt, CUDA if present for pytorch,
         CPU for onnxruntime.
     precision
         ``"fp32"``, or ``"fp16"``/``"bf16"`` where the back end supports it on that device.
     **options
-        Passed to the back end's constructor (e.g. ``cuda_graph=True`` for pytorch,
+        Passed to the back end's constructor (e.g. ``cuda_graph=True``, ``compile=True`` for pytorch,
         ``threads=`` for onnxruntime, ``profile=``/``streams=`` for tensorrt).
 
     Raises
@@ -93,10 +106,20 @@ def open_engine(
     if backend not in ("auto", *BACKENDS):
         raise EngineError(f"unknown back end: expected auto, {', '.join(BACKENDS)} (got {backend!r})")
     config = load_checkpoint(checkpoint).config
+    selection = None
     if backend == "auto":
-        backend = _auto_backend(device)
-    kwargs = dict(checkpoint=checkpoint, config=config, precision=precision, **options)
+        from .select import select_backend
 
+        selection = select_backend(device, precision)
+        backend, device = selection.backend, selection.device
+        options = {**selection.options, **options}
+    engine = _open(backend, device, checkpoint=checkpoint, config=config, precision=precision, **options)
+    engine.selection = selection
+    return engine
+
+
+def _open(backend: str, device: str | None, **kwargs) -> Engine:
+    """The named back end's engine, or `BackendUnavailableError` saying what is missing."""
     if backend == "pytorch":
         if device is None:
             device = "cuda" if cuda_available() else "cpu"
@@ -119,23 +142,11 @@ def open_engine(
         raise BackendUnavailableError(why)
     if not cuda_available():
         raise BackendUnavailableError(
-            f"tensorrt back end needs a CUDA GPU (got none visible to torch); {GPU_EXTRA} on a GPU machine"
+            "tensorrt back end needs a CUDA GPU (got none visible to torch); run it on a GPU machine"
         )
     from .tensorrt import TensorRTEngine
 
     return TensorRTEngine(device=device or "cuda:0", **kwargs)
-
-
-def _auto_backend(device: str | None) -> str:
-    if device == "cpu":
-        return "onnxruntime"
-    if cuda_available():
-        return "tensorrt" if tensorrt_available()[0] else "pytorch"
-    if device is not None:
-        raise BackendUnavailableError(
-            f"device {device!r} asked for, but torch sees no CUDA device (got {_torch_build()})"
-        )
-    return "onnxruntime"
 
 
 def _torch_build() -> str:

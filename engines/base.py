@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the checkpoint module imports torch; keep `import engines` 
 
 __all__ = [
     "BackendUnavailableError",
+    "Done",
     "Engine",
     "EngineBuildError",
     "EngineError",
@@ -107,6 +108,7 @@ class Engine(abc.ABC):
     """
 
     backend: str = "base"
+    selection = None  # set by open_engine(backend="auto"): an engines.select.Selection
 
     def __init__(
         self, *, checkpoint: str | Path, config: ModelConfig, device: str, precision: Precision
@@ -160,17 +162,32 @@ class Engine(abc.ABC):
         numpy.ndarray
             float32 (N, H, W), the denoised frames in [-1, 1] (a fresh array the caller owns).
         """
+        batch = self._checked(batch)
+        return self._check_out(self._infer(batch), batch.shape)
+
+    def submit(self, batch: np.ndarray) -> Done:
+        """Start denoising a batch; ``.result()`` of the returned object gives what `infer` would.
+
+        Back ends that can overlap work (PyTorch on CUDA: frame n+1's upload beside frame n's
+        compute) return before the batch is done; the others compute it here. Submit the next
+        frame before collecting this one to get the overlap.
+        """
+        batch = self._checked(batch)
+        return _CheckedPending(self, self._submit(batch), batch.shape)
+
+    def _checked(self, batch: Any) -> np.ndarray:
         if not self._active:
             when = "after it was exited" if self._closed else "before it was entered"
             raise EngineError(
                 f"{self.backend} engine used {when}: call infer() inside `with engine:` (got an inactive engine)"
             )
-        batch = check_batch(batch)
-        out = self._infer(batch)
-        if out.shape != batch.shape or out.dtype != np.float32:
+        return check_batch(batch)
+
+    def _check_out(self, out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if out.shape != shape or out.dtype != np.float32:
             raise EngineError(
                 f"{self.backend} engine returned {out.dtype} {out.shape} "
-                f"(expected float32 {batch.shape}); this is a bug in the back end"
+                f"(expected float32 {shape}); this is a bug in the back end"
             )
         return out
 
@@ -197,6 +214,8 @@ class Engine(abc.ABC):
             "model": self.model_id,
         }
         info.update(self._describe())
+        if self.selection is not None:
+            info["selected"] = self.selection.message()
         return info
 
     def __repr__(self) -> str:
@@ -219,3 +238,31 @@ class Engine(abc.ABC):
     def _describe(self) -> dict[str, str]:
         """Back-end specific extras for :meth:`describe`."""
         return {}
+
+    def _submit(self, batch: np.ndarray):
+        """Start a checked batch; the default computes it now. Returns an object with ``result()``."""
+        return Done(self._infer(batch))
+
+
+class Done:
+    """A submitted batch whose result is already known (or, in subclasses, collected on demand)."""
+
+    def __init__(self, value: np.ndarray | None) -> None:
+        self._value = value
+
+    def result(self) -> np.ndarray:
+        """The denoised batch, a fresh float32 array the caller owns."""
+        return self._value
+
+
+class _CheckedPending(Done):
+    """A back end's pending result, checked like `Engine.infer`'s when collected."""
+
+    def __init__(self, engine: Engine, pending: Any, shape: tuple[int, ...]) -> None:
+        super().__init__(None)
+        self._engine, self._pending, self._shape = engine, pending, shape
+
+    def result(self) -> np.ndarray:
+        if self._value is None:
+            self._value = self._engine._check_out(self._pending.result(), self._shape)
+        return self._value

@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         info = engine.describe()
         print(f"n2a-denoise: {info['backend']} on {info['device']} ({info['precision']}), model {info['model']}",
               file=sys.stderr)
+        if "selected" in info:  # --engine auto: which back end and why not the faster ones
+            print(f"n2a-denoise: {info['selected']}", file=sys.stderr)
         for src, dst in zip(args.inputs, outputs):
             try:
                 stack = read_frames(src)

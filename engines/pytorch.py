@@ -1,13 +1,17 @@
-"""PyTorch back end: eager on CPU, or CUDA with autocast, pinned buffers, a stream and CUDA graphs.
+"""PyTorch back end: eager on CPU; on CUDA compiled, replayed as CUDA graphs per shape, two streams.
+
+Every batch goes through a `ShapeGraphCache` (engines/graph_cache.py): per input shape, static
+buffers (pinned on the host on CUDA) and, with ``cuda_graph=True``, a CUDA graph captured from the
+generator, which ``compile=True`` first hands to ``torch.compile`` with fixed shapes. Uploads run
+on a copy stream and compute on the engine's own stream, so a caller that uses :meth:`submit`
+(frame n+1 submitted before frame n is collected) overlaps the upload with the compute; results
+are copied out before the next replay. On the CPU the same cache runs the generator eagerly.
 
 On CUDA, ``precision="fp32"`` switches cuDNN's TF32 convolutions off while the engine is active
 (process-wide: PyTorch's default is TF32), and ``precision="fp16"``/``"bf16"`` runs the
 convolutions under autocast while every normalisation layer runs in fp32 (its input cast up,
 autocast switched off inside it): the per-sample mean and std over a whole frame lose too much in
-half precision. Frames go through
-pinned host buffers on the engine's own stream. With ``cuda_graph=True`` the first batch of a
-shape is captured into a CUDA graph and later batches of that shape replay it; a new shape is
-captured again (counted in ``describe()["graph_captures"]``).
+half precision.
 """
 from __future__ import annotations
 
@@ -18,9 +22,6 @@ import numpy as np
 from .base import Engine, EngineError, Precision
 
 __all__ = ["PyTorchEngine"]
-
-_GRAPH_WARMUP = 3  # eager runs on the capture stream before capturing (cuDNN picks its kernels)
-
 
 class PyTorchEngine(Engine):
     """The generator run by PyTorch.
@@ -37,6 +38,11 @@ class PyTorchEngine(Engine):
         ``"fp32"``; on CUDA also ``"fp16"`` or ``"bf16"`` (autocast, normalisation in fp32).
     cuda_graph
         CUDA only: capture a CUDA graph per input shape and replay it.
+    compile
+        CUDA only: ``torch.compile`` the generator with fixed shapes (one compilation per shape;
+        the first batch of a shape takes tens of seconds). Usually with ``cuda_graph=True``.
+    max_shapes
+        Shapes kept at once (graphs, buffers); the least recently used is dropped beyond it.
     threads
         CPU only: ``torch.set_num_threads(threads)`` on enter (process-wide; default: leave it).
         On a loaded 2-core machine one thread beat two by 2-100x: torch's OpenMP workers wait
@@ -53,6 +59,8 @@ class PyTorchEngine(Engine):
         device: str = "cpu",
         precision: Precision = "fp32",
         cuda_graph: bool = False,
+        compile: bool = False,
+        max_shapes: int = 4,
         threads: int | None = None,
     ) -> None:
         super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision)
@@ -65,22 +73,20 @@ class PyTorchEngine(Engine):
             raise EngineError(f"pytorch on CPU runs fp32 only (got precision {precision!r})")
         if cuda_graph and not on_cuda:
             raise EngineError("CUDA graphs need a CUDA device (got device 'cpu')")
+        if compile and not on_cuda:
+            raise EngineError("torch.compile is used on CUDA only (got device 'cpu'; the CPU runs eager)")
+        if max_shapes < 1:
+            raise EngineError(f"expected max_shapes >= 1 (got {max_shapes})")
         if threads is not None and threads < 1:
             raise EngineError(f"expected threads >= 1 (got {threads})")
         self.cuda_graph = cuda_graph
+        self.compile = compile
+        self.max_shapes = max_shapes
         self.threads = threads
         self._model = None
         self._torch = None
         self._saved_tf32 = None
-        self._reset_cuda_state()
-
-    def _reset_cuda_state(self) -> None:
-        self._stream = None
-        self._host_in = self._host_out = None  # pinned, reallocated when the shape changes
-        self._graph = None
-        self._graph_in = self._graph_out = None
-        self._graph_shape: tuple[int, ...] | None = None
-        self._graph_captures = 0
+        self._runner = None  # ShapeGraphCache while active
 
     # -- hooks -----------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -88,10 +94,13 @@ class PyTorchEngine(Engine):
 
         from noise2atom.checkpoint import load_generator
 
+        from .graph_cache import ShapeGraphCache
+
         self._torch = torch
         if self.threads is not None and not self.device.startswith("cuda"):
             torch.set_num_threads(self.threads)
         _, generator = load_generator(self.checkpoint)
+        fn = self._forward
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise EngineError(f"pytorch engine asked for {self.device} but torch sees no CUDA device")
@@ -100,14 +109,19 @@ class PyTorchEngine(Engine):
             else:
                 self._saved_tf32 = _ieee_convs(torch)
             generator = generator.to(self.device)
-            self._stream = torch.cuda.Stream(device=self.device)
+            if self.compile:
+                # Fixed shapes: one specialised kernel set per frame shape; our own CUDA graphs,
+                # not inductor's (its "reduce-overhead" graphs overwrite outputs on the next call).
+                fn = torch.compile(self._forward, dynamic=False, fullgraph=False)
         self._model = generator.eval()
+        self._runner = ShapeGraphCache(fn, device=self.device, cuda_graph=self.cuda_graph,
+                                       max_shapes=self.max_shapes)
 
     def _deactivate(self) -> None:
-        if self._stream is not None:
-            self._stream.synchronize()
+        if self._runner is not None:
+            self._runner.clear()
+        self._runner = None
         self._model = None
-        self._reset_cuda_state()
         if self._saved_tf32 is not None:
             _restore_convs(self._torch, self._saved_tf32)
             self._saved_tf32 = None
@@ -115,25 +129,23 @@ class PyTorchEngine(Engine):
             self._torch.cuda.empty_cache()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        if self._stream is None:  # CPU
-            with torch.inference_mode():
-                out = self._model(torch.from_numpy(batch).unsqueeze(1)).squeeze(1)
-            return out.numpy()
-        return self._infer_cuda(batch)
+        return self._runner(batch)
+
+    def _submit(self, batch: np.ndarray):
+        return self._runner.submit(batch)
 
     def _describe(self) -> dict[str, str]:
-        info = {"cuda_graph": str(self.cuda_graph)}
+        info = {"cuda_graph": str(self.cuda_graph), "compiled": str(self.compile)}
         if self._torch is not None and not self.device.startswith("cuda"):
             info["threads"] = str(self._torch.get_num_threads())
         if self.device.startswith("cuda") and self._torch is not None:
             info["device_name"] = self._torch.cuda.get_device_name(self.device)
-            info["graph_captures"] = str(self._graph_captures)
+        if self._runner is not None:
+            info.update(self._runner.stats())
         return info
 
-    # -- CUDA ------------------------------------------------------------------------------
     def _forward(self, x):
-        """(N, H, W) device tensor -> (N, H, W) float32, under autocast when asked."""
+        """(N, H, W) tensor -> (N, H, W) float32, under autocast when asked."""
         torch = self._torch
         if self.precision == "fp32":
             return self._model(x.unsqueeze(1)).squeeze(1)
@@ -142,45 +154,6 @@ class PyTorchEngine(Engine):
         with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
             y = self._model(x.unsqueeze(1)).squeeze(1)
         return y.float()
-
-    def _pinned(self, shape: tuple[int, ...]) -> None:
-        torch = self._torch
-        if self._host_in is None or tuple(self._host_in.shape) != shape:
-            self._host_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-            self._host_out = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-
-    def _infer_cuda(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        shape = tuple(batch.shape)
-        self._pinned(shape)
-        self._host_in.numpy()[...] = batch
-        with torch.no_grad(), torch.cuda.stream(self._stream):
-            if self.cuda_graph:
-                if self._graph_shape != shape:
-                    self._capture(shape)
-                self._graph_in.copy_(self._host_in, non_blocking=True)
-                self._graph.replay()
-                self._host_out.copy_(self._graph_out, non_blocking=True)
-            else:
-                x = self._host_in.to(self.device, non_blocking=True)
-                y = self._forward(x)
-                self._host_out.copy_(y, non_blocking=True)
-        self._stream.synchronize()
-        return self._host_out.numpy().copy()
-
-    def _capture(self, shape: tuple[int, ...]) -> None:
-        torch = self._torch
-        self._graph = None  # free the previous graph's pool before capturing a new one
-        static_in = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        for _ in range(_GRAPH_WARMUP):
-            self._forward(static_in)
-        self._stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
-            static_out = self._forward(static_in)
-        self._graph, self._graph_in, self._graph_out = graph, static_in, static_out
-        self._graph_shape = shape
-        self._graph_captures += 1
 
 
 def _ieee_convs(torch):

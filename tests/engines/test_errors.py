@@ -82,11 +82,11 @@ def test_describe_names_backend_device_precision_model(lite_checkpoint):
     assert engine.config.size == "lite" and engine.config.normalisation.hi == 900.0
 
 
-def test_tensorrt_requested_without_it_names_the_extra(lite_checkpoint):
+def test_tensorrt_requested_without_it_names_nvidias_index(lite_checkpoint):
     ok, _ = engines.tensorrt_available()
     if ok and engines.cuda_available():
         pytest.skip("TensorRT and a GPU are present")
-    with pytest.raises(BackendUnavailableError, match=r"tensorrt.*pip install n2a\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt.*NVIDIA's package index, not PyPI.*\(got"):
         engines.open_engine(lite_checkpoint, "tensorrt")
 
 
