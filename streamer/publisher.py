@@ -4,6 +4,11 @@ Runs in its own thread, fed by a bounded queue from the denoiser. The output soc
 that also sees subscriptions, so :attr:`Publisher.subscriptions` tells tests and the demo when a
 viewer has joined). A PUB socket never blocks: a subscriber that falls ``sndhwm`` messages behind
 loses messages inside ZeroMQ, which that subscriber sees as a jump in ``seq``.
+
+CSS compares consecutive frames only: after a frame lost anywhere (upstream gap, drop, engine
+error) the next frame's ``css`` is nil and the rolling window starts again, and frames smaller than
+the SSIM window (11x11) carry no CSS. An unexpected error on one frame is counted
+(``publish_error``) and the next frame goes out.
 """
 from __future__ import annotations
 
@@ -18,13 +23,18 @@ import zmq
 
 from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
 from .queues import FrameQueue
-from .stats import StreamStats
+from .stats import RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, SeriesState
 from .worker import Worker
 
-__all__ = ["OutFrame", "Publisher"]
+__all__ = ["CSS_MIN_SIDE", "END_FIELDS", "OutFrame", "Publisher"]
 
 log = logging.getLogger("n2a.stream")
+
+#: Smallest frame side with a CSS (the SSIM window is 11x11).
+CSS_MIN_SIDE = 11
+#: Fields of an input ``end`` passed on to the output ``end`` (scalars only).
+END_FIELDS = ("count", "last_seq", "reason")
 
 
 @dataclass
@@ -72,6 +82,8 @@ class Publisher(Worker):
         self.subscriptions = 0
         self._series: SeriesState | None = None
         self._css = None
+        self._last_seq: int | None = None  # of the last frame published in this series
+        self.rlog = RateLimitedLog(log, interval_s=1.0)
 
     def _drain_subscriptions(self) -> None:
         self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
@@ -83,6 +95,7 @@ class Publisher(Worker):
         if self._series is not None and self._series is not series:
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
+        self._last_seq = None
         self._css = self.make_css() if self.make_css is not None else None
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)
@@ -95,18 +108,22 @@ class Publisher(Worker):
         if item.series is not self._series:
             self._start_series(item.series)
         t0 = time.perf_counter_ns()
-        if self._css is not None:
+        css = css_mean = craw = craw_mean = None
+        if self._css is not None and min(item.raw.shape) >= CSS_MIN_SIDE:
             css_den, css_raw = self._css
+            if self._last_seq is not None and item.seq != self._last_seq + 1:
+                css_den.reset()  # a frame is missing: never compare frames that are not consecutive
+                css_raw.reset()
             css, css_mean = css_den.update(out.denoised)
             craw, craw_mean = css_raw.update(item.raw)
-        else:
-            css = css_mean = craw = craw_mean = None
+        self._last_seq = item.seq
         t1 = time.perf_counter_ns()
         timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0)
         counts = self.stats.counts
         fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
                       engine=self.engine_name, model=self.model_id,
-                      dropped=counts.get("dropped"), gaps=counts.get("gaps"),
+                      dropped=counts.get("dropped") + counts.get("dropped_input"),
+                      gaps=counts.get("gaps"),
                       rejected=self.stats.rejected.total(),
                       meta_mismatch=list(item.series.mismatch))
         now = time.time_ns()
@@ -147,10 +164,18 @@ class Publisher(Worker):
                 continue
             if isinstance(item, EndMarker):
                 if self._series is item.series:
-                    self._send(encode_end(item.series.name, **{k: v for k, v in item.header.items()
-                                                               if k not in ("v", "type", "series")}))
+                    self._send(encode_end(item.series.name, **{
+                        k: item.header[k] for k in END_FIELDS
+                        if isinstance(item.header.get(k), (int, str))
+                        and not isinstance(item.header[k], bool)
+                        and len(str(item.header[k])) <= 256}))
                     self._series = None
                 continue
-            self.publish(item)
+            try:
+                self.publish(item)
+            except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
+                self.stats.rejected.add("publish_error")
+                self.rlog.warning("publish_error", "n2a-stream: could not publish frame seq %d "
+                                  "of %.300s: %.500r", item.item.seq, item.item.series.name, e)
         if self._series is not None:
             self._send(encode_end(self._series.name, reason="stream stopped"))
