@@ -47,19 +47,22 @@ log = logging.getLogger("n2a.stream")
 #: later stage; with ``published`` and ``dropped`` they account for every frame received.
 LOST_AFTER_INPUT = ("engine_error", "non_finite_output", "publish_error")
 #: A high-water mark is never below this many messages, whatever the frame size.
-MIN_HWM = 4
+MIN_HWM = 8
+#: Room for a message's header next to its payload when sizing queues.
+HEADER_ROOM = 4096
 
 
 def socket_hwm(buffer_mb: float, frame_bytes: int, *, cap: int = 1000) -> int:
-    """Messages one socket queue may hold: ``buffer_mb`` of frames of ``frame_bytes``, in
-    ``[MIN_HWM, cap]``.
+    """Messages one socket queue may hold: ``buffer_mb`` MiB of messages of ``frame_bytes``
+    payload (plus :data:`HEADER_ROOM`), in ``[MIN_HWM, cap]``.
 
     Examples
     --------
     >>> socket_hwm(256, 64 << 20), socket_hwm(256, 1 << 20), socket_hwm(256, 1024)
-    (4, 256, 1000)
+    (8, 255, 1000)
     """
-    return int(min(cap, max(MIN_HWM, buffer_mb * (1 << 20) // max(1, frame_bytes))))
+    n = buffer_mb * (1 << 20) // (max(0, frame_bytes) + HEADER_ROOM)
+    return int(min(cap, max(MIN_HWM, n)))
 
 
 class EngineFailedError(RuntimeError):
@@ -99,7 +102,8 @@ class StreamConfig(BaseModel):
     buffer_mb: float = Field(
         default=256.0, gt=0, le=1 << 20,
         description="memory each socket queue may hold, in MiB: the high-water marks are this "
-                    f"divided by --max-frame-bytes, at least {MIN_HWM} and at most 1000 messages")
+                    "divided by the size of the series' messages (by max_frame_bytes until the "
+                    f"first frame), at least {MIN_HWM} and at most 1000 messages")
     rcvhwm: int | None = Field(default=None, ge=1, description="input socket receive high-water "
                                "mark in messages (default: from buffer_mb)")
     sndhwm: int | None = Field(default=None, ge=1, description="output socket send high-water "
@@ -292,6 +296,7 @@ class Stream:
             out = self.context.socket(zmq.XPUB)
             out.linger = 0
             # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
+            # Until the first series says its frame size, assume the largest frame allowed.
             out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
             out.setsockopt(zmq.XPUB_VERBOSE, 1)
             if keys is not None:
@@ -329,6 +334,9 @@ class Stream:
             return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
                     RollingCSS(cfg.css_window, lo=norm.lo, hi=norm.hi))
 
+        def hwm_for(message_bytes: int) -> int:
+            return socket_hwm(cfg.buffer_mb, message_bytes)
+
         inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
                          is_droppable=lambda i: isinstance(i, InFrame))
         outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
@@ -339,7 +347,8 @@ class Stream:
                             max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
                             recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
                             monitor=self._monitor, source=cfg.source,
-                            delay_s=cfg.receive_delay_ms / 1000)
+                            delay_s=cfg.receive_delay_ms / 1000,
+                            hwm_for=None if cfg.rcvhwm else hwm_for)
         denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
                             failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
@@ -348,7 +357,7 @@ class Stream:
                               stop_event=self.publish_stop, failed=self.failed,
                               make_css=make_css if cfg.css else None, engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
-                              recorder=self.recorder)
+                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for)
         # Connect last: a PUB source may start sending as soon as we subscribe.
         try:
             self._in_sock.connect(cfg.source)

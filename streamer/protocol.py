@@ -122,7 +122,7 @@ class ProtocolError(ValueError):
     reason
         A short machine-readable category used for counting bad input: ``"malformed"``,
         ``"version"``, ``"type"``, ``"field"``, ``"dtype"``, ``"shape"``, ``"payload_length"``,
-        ``"parts"``, ``"meta"``, ``"encode"``.
+        ``"parts"``, ``"meta"``, ``"header_size"``, ``"encode"``.
     """
 
     def __init__(self, message: str, *, reason: str = "malformed") -> None:
@@ -472,7 +472,7 @@ def decode_header(raw: Any) -> dict[str, Any]:
     view = _buffer(raw)
     if len(view) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header must be at most {MAX_HEADER_BYTES} bytes (got {len(view)})",
-                            reason="malformed")
+                            reason="header_size")
     try:
         header = msgpack.unpackb(view, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types for garbage

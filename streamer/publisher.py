@@ -70,15 +70,20 @@ class Publisher(Worker):
         Send the raw frame as a second part.
     recorder
         Optional recorder; every published frame is recorded (denoised part only).
+    hwm_for
+        Optional ``message bytes -> high-water mark``: on each new series the send high-water mark
+        (per subscriber) is set from the size of the series' output messages.
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
                  stop_event: threading.Event, failed: threading.Event, make_css: Any,
-                 engine_name: str, model_id: str, with_raw: bool, recorder: Any = None) -> None:
+                 engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
+                 hwm_for: Any = None) -> None:
         super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
-        self.with_raw, self.recorder = with_raw, recorder
+        self.with_raw, self.recorder, self.hwm_for = with_raw, recorder, hwm_for
+        self.sndhwm = socket.sndhwm
         self.subscriptions = 0
         self._series: SeriesState | None = None
         self._css = None
@@ -96,6 +101,11 @@ class Publisher(Worker):
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
         self._last_seq = None
+        if self.hwm_for is not None and series.shape is not None:
+            pixel_bytes = 4 + (np.dtype(series.dtype).itemsize if self.with_raw else 0)
+            hwm = self.hwm_for(int(np.prod(series.shape)) * pixel_bytes)
+            if hwm != self.sndhwm:  # ZeroMQ applies a new high-water mark to connected pipes too
+                self.socket.sndhwm = self.sndhwm = hwm
         self._css = self.make_css() if self.make_css is not None else None
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)

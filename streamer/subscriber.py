@@ -11,8 +11,8 @@ Frames that never arrived are counted, by where they were lost:
 - ``gaps``: jumps in ``seq`` within a series, and the frames before the first one seen of a series
   (``seq`` > 0: its start was missed, e.g. n2a-stream joined late). Lost upstream, or in transit.
 - ``dropped_input``: a jump in ``seq`` seen while the input socket had a backlog of at least its
-  receive high-water mark, i.e. this thread was behind and ZeroMQ's queue was full: lost at our own
-  high-water mark. ZeroMQ says nothing when it drops at a high-water mark, so this is inferred; an
+  receive high-water mark (now or within the last second), i.e. this thread was behind and
+  ZeroMQ's queue was full: lost at our own high-water mark. ZeroMQ says nothing when it drops at a high-water mark, so this is inferred; an
   upstream gap that happens to arrive during such a backlog is counted here too.
 - A jump of more than :data:`~streamer.protocol.MAX_SEQ_JUMP` frames starts a new series (the
   publisher renumbered) and counts nothing, nor does a first ``seq`` above it.
@@ -120,6 +120,9 @@ class Receiver(Worker):
     rcvhwm
         The input socket's receive high-water mark (a gap seen with this many messages backlogged
         counts as ``dropped_input``).
+    hwm_for
+        Optional ``message bytes -> high-water mark``: on each new series the receive high-water
+        mark is set from the series' frame size (a memory budget, not a message count).
     monitor, source
         Optional monitor socket of ``socket`` (``EVENT_DISCONNECTED | EVENT_CONNECT_RETRIED``) and
         the address it connects to: a connection ZeroMQ closed for good (a message part over
@@ -133,16 +136,18 @@ class Receiver(Worker):
                  stop_event: threading.Event, failed: threading.Event, max_frame_bytes: int,
                  model_meta: dict[str, Any], recorder: Any = None, rcvhwm: int = 1000,
                  monitor: zmq.Socket | None = None, source: str | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, hwm_for: Any = None) -> None:
         super().__init__(name="n2a-receive", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.max_frame_bytes, self.model_meta, self.recorder = max_frame_bytes, model_meta, recorder
         self.rcvhwm, self.monitor, self.source, self.delay_s = rcvhwm, monitor, source, delay_s
+        self.hwm_for = hwm_for
         self.rlog = RateLimitedLog(log, interval_s=1.0)
         # Bounded tables, oldest first: input series name -> its state / its `start` meta.
         self._series: OrderedDict[str, SeriesState] = OrderedDict()
         self._start_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._backlog = 0  # messages read since the socket was last found empty
+        self._behind_until = 0.0  # monotonic time until which we count as behind (see _count_missing)
         self._reconnect_deadline: float | None = None
         self.ended = threading.Event()  # an `end` message arrived (for --exit-on-end)
 
@@ -162,6 +167,10 @@ class Receiver(Worker):
                             mismatch=compare_meta(meta, self.model_meta),
                             epoch=int(self.stats.counts.get("series")), index=index)
         self.stats.counts.add("series")
+        if self.hwm_for is not None:
+            hwm = self.hwm_for(msg.frame.nbytes)
+            if hwm != self.rcvhwm:  # ZeroMQ applies a new high-water mark to connected pipes too
+                self.socket.rcvhwm = self.rcvhwm = hwm
         if state.mismatch:
             log.warning("n2a-stream: series %s: acquisition settings differ from the model's: %s",
                         name, ", ".join(state.mismatch))
@@ -198,7 +207,9 @@ class Receiver(Worker):
         return cur, seq - last - 1
 
     def _count_missing(self, series: SeriesState, seq: int, missing: int) -> None:
-        if self._backlog >= self.rcvhwm:
+        # Behind: a backlog of rcvhwm messages now or within the last second (the socket can look
+        # empty for a moment while ZeroMQ's I/O thread refills it from the TCP buffers).
+        if self._backlog >= self.rcvhwm or time.monotonic() < self._behind_until:
             self.stats.counts.add("dropped_input", missing)
             self.rlog.warning("drop_input", "n2a-stream: %d frame(s) lost at the input high-water "
                               "mark (%d messages backlogged) in %.300s before seq %d", missing,
@@ -336,6 +347,8 @@ class Receiver(Worker):
                 except zmq.Again:
                     break
                 self._backlog += 1
+                if self._backlog >= self.rcvhwm:
+                    self._behind_until = time.monotonic() + 1.0
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 self._handle_safely(parts, time.time_ns())
