@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--pattern", choices=["sub", "pull"], default="sub",
                      help="input socket: SUB (to a PUB) or PULL (to a PUSH)")
     src.add_argument("--max-frame-bytes", type=_positive_int, default=64 << 20,
-                     help="reject larger frames (default 64 MiB)")
+                     help="reject larger frames (default 64 MiB); ZeroMQ refuses a message part "
+                          "this large before it is in memory")
+    src.add_argument("--buffer-mb", type=float, default=256.0,
+                     help="memory each socket queue may hold, in MiB (default 256): the input "
+                          "and per-viewer output high-water marks are this divided by "
+                          "--max-frame-bytes, 4 to 1000 messages")
     out = p.add_argument_group("output")
     out.add_argument("--out-port", type=_port, help="output PUB port (default PORT+1; 0: free)")
     out.add_argument("--bind", default="127.0.0.1",
@@ -84,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="rolling CSS window in frames (10)")
     eng.add_argument("--no-css", dest="css", action="store_false",
                      help="do not compute CSS (the css fields are nil; saves two SSIMs per frame)")
+    eng.add_argument("--max-engine-failures", type=_positive_int, default=50,
+                     help="stop when the engine fails on this many frames in a row (50); a "
+                          "failure on fewer is counted and the stream goes on")
     eng.add_argument("--denoise-delay-ms", type=float, default=0.0,
                      help="diagnostic: add this delay per frame after the engine (tests the drop "
                           "policy with a slow engine)")
@@ -135,7 +143,8 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> A
             source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
             policy=args.policy, with_raw=args.with_raw, model=args.model, engine=args.engine,
             device=args.device, css_window=args.css_window, css=args.css, max_queue=args.max_queue,
-            record=args.record, max_frame_bytes=args.max_frame_bytes,
+            record=args.record, max_frame_bytes=args.max_frame_bytes, buffer_mb=args.buffer_mb,
+            max_engine_failures=args.max_engine_failures,
             curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms)
     except ValidationError as e:
         msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"

@@ -32,15 +32,41 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .protocol import MAX_HEADER_BYTES
 from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
-from .stats import StreamStats
+from .stats import RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, Receiver, SeriesState
 from .worker import Worker
 
-__all__ = ["Denoiser", "Stream", "StreamConfig"]
+__all__ = ["Denoiser", "EngineFailedError", "Stream", "StreamConfig", "socket_hwm"]
 
 log = logging.getLogger("n2a.stream")
+
+#: Rejection reasons of frames that were received (counted in ``frames_in``) and then lost in a
+#: later stage; with ``published`` and ``dropped`` they account for every frame received.
+LOST_AFTER_INPUT = ("engine_error", "non_finite_output", "publish_error")
+#: A high-water mark is never below this many messages, whatever the frame size.
+MIN_HWM = 8
+#: Room for a message's header next to its payload when sizing queues.
+HEADER_ROOM = 4096
+
+
+def socket_hwm(buffer_mb: float, frame_bytes: int, *, cap: int = 1000) -> int:
+    """Messages one socket queue may hold: ``buffer_mb`` MiB of messages of ``frame_bytes``
+    payload (plus :data:`HEADER_ROOM`), in ``[MIN_HWM, cap]``.
+
+    Examples
+    --------
+    >>> socket_hwm(256, 64 << 20), socket_hwm(256, 1 << 20), socket_hwm(256, 1024)
+    (8, 255, 1000)
+    """
+    n = buffer_mb * (1 << 20) // (max(0, frame_bytes) + HEADER_ROOM)
+    return int(min(cap, max(MIN_HWM, n)))
+
+
+class EngineFailedError(RuntimeError):
+    """The engine failed on every frame for too long: the stream cannot do its job."""
 
 
 class StreamConfig(BaseModel):
@@ -74,8 +100,22 @@ class StreamConfig(BaseModel):
         default=0.0, ge=0.0, le=60_000,
         description="diagnostic: sleep this long per frame in the denoise stage after the engine "
                     "ran (makes the engine 'slow' to exercise the drop policy)")
-    rcvhwm: int = Field(default=1000, ge=1, description="input socket receive high-water mark")
-    sndhwm: int = Field(default=1000, ge=1, description="output socket send high-water mark")
+    buffer_mb: float = Field(
+        default=256.0, gt=0, le=1 << 20,
+        description="memory each socket queue may hold, in MiB: the high-water marks are this "
+                    "divided by the size of the series' messages (by max_frame_bytes until the "
+                    f"first frame), at least {MIN_HWM} and at most 1000 messages")
+    rcvhwm: int | None = Field(default=None, ge=1, description="input socket receive high-water "
+                               "mark in messages (default: from buffer_mb)")
+    sndhwm: int | None = Field(default=None, ge=1, description="output socket send high-water "
+                               "mark in messages, per viewer (default: from buffer_mb)")
+    max_engine_failures: int = Field(
+        default=50, ge=1, le=1_000_000,
+        description="stop the stream when the engine fails on this many frames in a row")
+    receive_delay_ms: float = Field(
+        default=0.0, ge=0.0, le=60_000,
+        description="diagnostic: sleep this long per message in the receive stage (makes it "
+                    "'slow' to exercise the input high-water mark)")
     drain_timeout_s: float = Field(default=10.0, ge=0, description="how long stop() waits for "
                                    "queued frames to be denoised before counting them dropped")
 
@@ -98,10 +138,14 @@ class Denoiser(Worker):
 
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
                  input_done: threading.Event, stop_event: threading.Event,
-                 failed: threading.Event, delay_s: float = 0.0) -> None:
+                 failed: threading.Event, delay_s: float = 0.0, max_failures: int = 50,
+                 engine_name: str = "engine") -> None:
         super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
         self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
         self.input_done, self.delay_s = input_done, delay_s
+        self.max_failures, self.engine_name = max_failures, engine_name
+        self.failures = 0  # frames in a row the engine failed on
+        self.rlog = RateLimitedLog(log, interval_s=1.0)
         self.norm = engine.config.normalisation  # replaced by each series' own scaling
         self._scaled_series: SeriesState | None = None
 
@@ -114,30 +158,48 @@ class Denoiser(Worker):
                 if self.stop_event.is_set():  # hard stop: the publisher is gone
                     return False
 
-    def process(self, item: InFrame) -> OutFrame | None:
-        from engines.base import EngineError
+    def _failed(self, item: InFrame, reason: str, error: str) -> None:
+        """Count a frame the engine failed on; stop after ``max_failures`` in a row."""
+        self.stats.rejected.add(reason)
+        self.failures += 1
+        self.rlog.warning(reason, "n2a-stream: the engine failed on frame seq %d of %.300s (%s): "
+                          "%.500s", item.seq, item.series.name, reason, error)
+        if self.failures >= self.max_failures:
+            raise EngineFailedError(f"the {self.engine_name} engine failed on {self.failures} "
+                                    f"frames in a row (expected at most {self.max_failures - 1}); "
+                                    f"last error: {error}")
 
+    def _scale_for(self, item: InFrame) -> None:
+        """Estimate the input scaling from the series' first frame; fixed within the series."""
         from noise2atom.scaling import estimate_scaling
 
+        if item.series is self._scaled_series:
+            return
+        try:
+            self.norm = estimate_scaling(item.raw)
+            self._scaled_series = item.series
+        except ValueError as e:  # e.g. a blank first frame: try again on the next one
+            self.rlog.warning("scaling", "n2a-stream: cannot scale frame seq %d of %.300s yet "
+                              "(%s); using the model's training scaling for it", item.seq,
+                              item.series.name, e)
+            self.norm = self.engine.config.normalisation
+
+    def process(self, item: InFrame) -> OutFrame | None:
         t0 = time.perf_counter_ns()
         queue_ns = time.time_ns() - item.t_enq_ns
-        if item.series is not self._scaled_series:
-            try:
-                self.norm = estimate_scaling(item.raw)
-                self._scaled_series = item.series
-            except ValueError as e:  # e.g. a blank first frame: try again on the next one
-                log.warning("n2a-stream: cannot scale frame seq %d of %s yet (%s); using the "
-                            "model's training scaling for it", item.seq, item.series.name, e)
-                self.norm = self.engine.config.normalisation
-        x = self.norm.to_model(item.raw)[None]
-        t1 = time.perf_counter_ns()
+        self._scale_for(item)
         try:
+            x = self.norm.to_model(item.raw)[None]
+            t1 = time.perf_counter_ns()
             y = self.engine.infer(x)[0]
-        except EngineError as e:
-            self.stats.rejected.add("engine_error")
-            log.warning("n2a-stream: the engine refused frame seq %d of %s: %s",
-                        item.seq, item.series.name, e)
+        except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
+            self._failed(item, "engine_error", repr(e))
             return None
+        if not np.isfinite(y).all():
+            n = int(y.size - np.count_nonzero(np.isfinite(y)))
+            self._failed(item, "non_finite_output", f"{n} NaN/Inf values in the output")
+            return None
+        self.failures = 0
         if self.delay_s:
             time.sleep(self.delay_s)
         t3 = time.perf_counter_ns()
@@ -181,7 +243,7 @@ class Stream:
         self.engine = None
         self.recorder = None
         self._auth = None
-        self._in_sock = self._out_sock = None
+        self._in_sock = self._out_sock = self._monitor = None
         self._threads: list[Worker] = []
         self.stop_input = threading.Event()
         self.input_done = threading.Event()
@@ -258,7 +320,9 @@ class Stream:
                 self._auth = start_authenticator(self.context, keys)
             out = self.context.socket(zmq.XPUB)
             out.linger = 0
-            out.sndhwm = cfg.sndhwm
+            # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
+            # Until the first series says its frame size, assume the largest frame allowed.
+            out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
             out.setsockopt(zmq.XPUB_VERBOSE, 1)
             if keys is not None:
                 keys.configure_server(out)
@@ -270,7 +334,10 @@ class Stream:
             self.out_endpoint = out.getsockopt_string(zmq.LAST_ENDPOINT)
             sock = self.context.socket(zmq.SUB if cfg.pattern == "sub" else zmq.PULL)
             sock.linger = 0
-            sock.rcvhwm = cfg.rcvhwm
+            sock.rcvhwm = cfg.rcvhwm or socket_hwm(cfg.buffer_mb, cfg.max_frame_bytes)
+            # ZeroMQ refuses a larger part before it is in memory (and closes that connection;
+            # the receiver counts it and connects again). The header part is far smaller.
+            sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             if cfg.pattern == "sub":
@@ -278,6 +345,8 @@ class Stream:
             if in_keys is not None:
                 in_keys.configure_client(sock)
             self._in_sock = sock
+            self._monitor = sock.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
         except BaseException:
             self._close_resources()
             raise
@@ -295,6 +364,9 @@ class Stream:
         def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
             return FidelityGuard(scaling, dtype=dtype, reference=training)
 
+        def hwm_for(message_bytes: int) -> int:
+            return socket_hwm(cfg.buffer_mb, message_bytes)
+
         inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
                          is_droppable=lambda i: isinstance(i, InFrame))
         outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
@@ -303,16 +375,20 @@ class Stream:
         receiver = Receiver(socket=self._in_sock, queue=inq, stats=self.stats,
                             stop_event=self.stop_input, failed=self.failed,
                             max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
-                            recorder=self.recorder)
+                            recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
+                            monitor=self._monitor, source=cfg.source,
+                            delay_s=cfg.receive_delay_ms / 1000,
+                            hwm_for=None if cfg.rcvhwm else hwm_for)
         denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
-                            failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000)
+                            failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
+                            max_failures=cfg.max_engine_failures, engine_name=self.engine_name)
         publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
                               stop_event=self.publish_stop, failed=self.failed,
                               make_css=make_css if cfg.css else None, make_guard=make_guard,
                               engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
-                              recorder=self.recorder)
+                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for)
         # Connect last: a PUB source may start sending as soon as we subscribe.
         try:
             self._in_sock.connect(cfg.source)
@@ -337,7 +413,8 @@ class Stream:
         if not self._threads or not self.receiver.ended.is_set():
             return False
         c = self.stats.counts
-        done = c.get("published") + c.get("dropped") + self.stats.rejected.get("engine_error")
+        done = (c.get("published") + c.get("dropped")
+                + sum(self.stats.rejected.get(r) for r in LOST_AFTER_INPUT))
         return done >= c.get("frames_in") and len(self.inq) == 0 and len(self.outq) == 0
 
     def stop(self, timeout: float = 30.0) -> dict[str, Any]:
@@ -387,10 +464,12 @@ class Stream:
 
     def _close_resources(self) -> None:
         alive = any(t.is_alive() for t in self._threads)
-        for sock in (self._in_sock, self._out_sock):
+        if self._monitor is not None and not alive:
+            self._in_sock.disable_monitor()
+        for sock in (self._monitor, self._in_sock, self._out_sock):
             if sock is not None and not alive:
                 sock.close(0)
-        self._in_sock = self._out_sock = None
+        self._in_sock = self._out_sock = self._monitor = None
         if self.recorder is not None:
             self.recorder.close()
         if self._auth is not None:
@@ -420,7 +499,7 @@ class Stream:
             "latency_p99_ms": st.latency.percentile_ms(99),
             "queue": len(self.inq) if self._threads else 0,
             "frames_in": c.get("frames_in"), "published": c.get("published"),
-            "dropped": c.get("dropped"), "gaps": c.get("gaps"),
+            "dropped": c.get("dropped") + c.get("dropped_input"), "gaps": c.get("gaps"),
             "rejected": st.rejected.total(),
             "css_mean": last.get("css_mean"), "css_raw_mean": last.get("css_raw_mean"),
             "meta_mismatch": last.get("meta_mismatch") or [],
@@ -455,7 +534,7 @@ class Stream:
         return {
             "frames_in": c.get("frames_in"), "published": c.get("published"),
             "dropped": c.get("dropped"), "dropped_at_stop": c.get("dropped_at_stop"),
-            "gaps": c.get("gaps"), "rejected": st.rejected.total(),
+            "dropped_input": c.get("dropped_input"), "gaps": c.get("gaps"), "rejected": st.rejected.total(),
             "rejected_by_reason": st.rejected.snapshot(), "series": c.get("series"),
             "elapsed_s": round(elapsed, 3),
             "fps_out": c.get("published") / elapsed if elapsed else 0.0,
@@ -480,7 +559,8 @@ class Stream:
         lines = [
             f"n2a-stream: {s['published']} of {s['frames_in']} frames denoised in "
             f"{s['elapsed_s']:.1f} s ({s['fps_out']:.1f} fps); dropped {s['dropped']} "
-            f"(+{s['dropped_at_stop']} at stop), upstream gaps {s['gaps']}, rejected "
+            f"(+{s['dropped_at_stop']} at stop, +{s['dropped_input']} at the input high-water "
+            f"mark), upstream gaps {s['gaps']}, rejected "
             f"{s['rejected']} {s['rejected_by_reason'] or ''}".rstrip(),
             f"n2a-stream: latency p50 {f(s['latency_p50_ms'], '.1f')} ms, p99 "
             f"{f(s['latency_p99_ms'], '.1f')} ms; mean CSS raw {f(s['css_raw_mean'], '.3f')}, "

@@ -3,9 +3,11 @@
 A message is a ZeroMQ multipart message ``[header, payload, (payload2, ...)]``:
 
 - ``header`` is a msgpack map. Always: ``v`` (1), ``type`` (``"start"``, ``"frame"``, ``"end"``),
-  ``series`` (str). Frames add ``seq`` (int >= 0, increasing), ``shape`` ([H, W]), ``dtype`` (numpy
-  name, one of :data:`ALLOWED_DTYPES`), ``t_acq_ns`` (int) and an optional ``meta`` map of
-  acquisition settings. Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
+  ``series`` (str, at most :data:`MAX_SERIES_CHARS` characters). Frames add ``seq`` (int,
+  ``0 <= seq < 2**63``, increasing), ``shape`` ([H, W]), ``dtype`` (numpy name, one of
+  :data:`ALLOWED_DTYPES`), ``t_acq_ns`` (int, ``0 <= t_acq_ns < 2**63``) and an optional ``meta``:
+  a flat map of acquisition settings (scalars and short lists, at most :data:`MAX_META_BYTES`
+  bytes; see :func:`check_meta`). Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
   ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch``, ``flags`` and ``parts`` (the
   names of the payload parts, e.g. ``["denoised", "raw"]``).
 - each payload is the raw little-endian C-order bytes of one (H, W) array, exactly
@@ -49,6 +51,12 @@ __all__ = [
     "ALLOWED_DTYPES",
     "COPY_THRESHOLD",
     "DEFAULT_INPUT_PART",
+    "MAX_HEADER_BYTES",
+    "MAX_INT",
+    "MAX_META_BYTES",
+    "MAX_META_LIST",
+    "MAX_SEQ_JUMP",
+    "MAX_SERIES_CHARS",
     "MESSAGE_TYPES",
     "OUTPUT_FIELDS",
     "PROTOCOL_VERSION",
@@ -58,7 +66,9 @@ __all__ = [
     "encode_end",
     "encode_frame",
     "encode_start",
+    "check_meta",
     "drain_subscriptions",
+    "flat_meta",
     "send_message",
 ]
 
@@ -69,8 +79,21 @@ ALLOWED_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32")
 DEFAULT_INPUT_PART = "raw"
 #: Payloads at least this many bytes go to ZeroMQ without a copy (below it copying is cheaper).
 COPY_THRESHOLD = 64 * 1024
-#: A header larger than this is rejected before unpacking (a header is a few hundred bytes).
-MAX_HEADER_BYTES = 1 << 20
+#: A header larger than this is rejected before unpacking (a header is a few hundred bytes; this
+#: leaves room for a full ``meta`` and the output fields).
+MAX_HEADER_BYTES = 64 * 1024
+#: ``seq`` and ``t_acq_ns`` are below this (a signed 64-bit int in every language).
+MAX_INT = 2**63
+#: Longest series name, in characters (output names add ``#k`` within the same limit).
+MAX_SERIES_CHARS = 256
+#: ``meta`` packed with msgpack is at most this many bytes.
+MAX_META_BYTES = 16 * 1024
+#: A list value in ``meta`` has at most this many scalar items.
+MAX_META_LIST = 64
+#: A receiver treats a forward jump in ``seq`` of more than this many frames as a new series (the
+#: publisher renumbered), not as that many frames lost.
+MAX_SEQ_JUMP = 1 << 20
+_SCALARS = (str, int, float, bool, type(None))
 
 MessageType = Literal["start", "frame", "end"]
 
@@ -100,7 +123,7 @@ class ProtocolError(ValueError):
     reason
         A short machine-readable category used for counting bad input: ``"malformed"``,
         ``"version"``, ``"type"``, ``"field"``, ``"dtype"``, ``"shape"``, ``"payload_length"``,
-        ``"parts"``, ``"encode"``.
+        ``"parts"``, ``"meta"``, ``"header_size"``, ``"encode"``.
     """
 
     def __init__(self, message: str, *, reason: str = "malformed") -> None:
@@ -160,10 +183,112 @@ class Message:
 # --------------------------------------------------------------------------- encoding
 
 
+def _check_series(series: Any, reason: str) -> str:
+    if not isinstance(series, str) or not series or len(series) > MAX_SERIES_CHARS:
+        got = (f"{len(series)} characters" if isinstance(series, str) and series
+               else repr(series)[:80])
+        raise ProtocolError(f"series must be a non-empty str of at most {MAX_SERIES_CHARS} "
+                            f"characters (got {got})", reason=reason)
+    return series
+
+
+def _check_int(value: Any, key: str, reason: str) -> int:
+    """An int in ``0 <= value < MAX_INT`` (``seq``, ``t_acq_ns``)."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not _is_int(value) or value < 0:
+        raise ProtocolError(f"{key} must be an int >= 0 (got {value!r})", reason=reason)
+    if value >= MAX_INT:
+        raise ProtocolError(f"{key} must be an int < 2**63 (got {value})", reason=reason)
+    return value
+
+
+def check_meta(meta: Any, *, reason: str = "meta") -> dict[str, Any]:
+    """Check that ``meta`` keeps to the protocol and return it as a plain dict.
+
+    ``meta`` is a flat map: str keys, each value a scalar (str, int, float, bool, nil) or a list
+    of at most :data:`MAX_META_LIST` scalars, all of it at most :data:`MAX_META_BYTES` bytes
+    packed. (:func:`flat_meta` turns richer metadata into such a map.)
+
+    Examples
+    --------
+    >>> check_meta({"pixel_size_nm": 0.025, "peak_counts": [0.4, 1.0]})
+    {'pixel_size_nm': 0.025, 'peak_counts': [0.4, 1.0]}
+    >>> check_meta({"axes": {"x": 1}})
+    Traceback (most recent call last):
+    ...
+    streamer.protocol.ProtocolError: meta must be a flat map of msgpack types: scalars and lists of at most 64 scalars (got key 'axes' holding a dict)
+    """
+    if not isinstance(meta, Mapping):
+        raise ProtocolError(f"header field 'meta' must be a map (got {type(meta).__name__})",
+                            reason="field" if reason == "meta" else reason)
+    for k, v in meta.items():
+        if not isinstance(k, str):
+            raise ProtocolError(f"meta keys must be str (got {k!r:.80})", reason=reason)
+        ok = isinstance(v, _SCALARS) or (
+            isinstance(v, (list, tuple)) and len(v) <= MAX_META_LIST
+            and all(isinstance(x, _SCALARS) for x in v))
+        if not ok:
+            what = (f"a list of {len(v)} items" if isinstance(v, (list, tuple))
+                    else f"a {type(v).__name__}")
+            raise ProtocolError(f"meta must be a flat map of msgpack types: scalars and lists of "
+                                f"at most {MAX_META_LIST} scalars (got key {k[:80]!r} holding "
+                                f"{what})",
+                                reason=reason)
+    try:
+        size = len(msgpack.packb(dict(meta), use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProtocolError(f"meta must hold only msgpack types (got {e})", reason=reason) from e
+    if size > MAX_META_BYTES:
+        raise ProtocolError(f"meta must be at most {MAX_META_BYTES} bytes packed (got {size})",
+                            reason=reason)
+    return dict(meta)
+
+
+def flat_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Rich metadata (nested maps, long lists, big ints) as a protocol ``meta`` map.
+
+    Nested maps become dotted keys; lists of scalars longer than :data:`MAX_META_LIST`, lists
+    holding maps, ints outside 64 bits and non-str keys are left out; entries stop when the
+    packed size would pass :data:`MAX_META_BYTES`. What is kept passes :func:`check_meta`.
+
+    Examples
+    --------
+    >>> flat_meta({"pixel_size_nm": 0.02, "axes": {"x": {"scale": 0.5}}, "hist": list(range(999))})
+    {'pixel_size_nm': 0.02, 'axes.x.scale': 0.5}
+    """
+    out: dict[str, Any] = {}
+    size = 1
+
+    def ok_scalar(x: Any) -> bool:
+        return isinstance(x, _SCALARS) and not (_is_int(x) and not -MAX_INT <= x < 2 * MAX_INT)
+
+    def add(prefix: str, v: Any, depth: int) -> None:
+        nonlocal size
+        if isinstance(v, Mapping):
+            if depth < 8:
+                for k, x in v.items():
+                    add(f"{prefix}.{k}" if prefix else str(k), x, depth + 1)
+            return
+        if isinstance(v, (list, tuple)):
+            if len(v) > MAX_META_LIST or not all(ok_scalar(x) for x in v):
+                return
+            v = list(v)
+        elif not ok_scalar(v):
+            return
+        n = len(msgpack.packb({prefix: v}, use_bin_type=True))
+        if size + n <= MAX_META_BYTES - 8:
+            out[prefix] = v
+            size += n
+
+    for k, v in (meta or {}).items():
+        if isinstance(k, str):
+            add(k, v, 0)
+    return out
+
+
 def _base_header(kind: str, series: str) -> dict[str, Any]:
-    if not isinstance(series, str) or not series:
-        raise ProtocolError(f"series must be a non-empty str (got {series!r})", reason="encode")
-    return {"v": PROTOCOL_VERSION, "type": kind, "series": series}
+    return {"v": PROTOCOL_VERSION, "type": kind, "series": _check_series(series, "encode")}
 
 
 def _pack(header: Mapping[str, Any]) -> bytes:
@@ -189,7 +314,7 @@ def encode_start(series: str, *, meta: Mapping[str, Any] | None = None,
     """
     header = _base_header("start", series)
     if meta is not None:
-        header["meta"] = dict(meta)
+        header["meta"] = check_meta(meta, reason="encode")
     header.update(fields)
     return [_pack(header)]
 
@@ -225,11 +350,12 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
     frame
         One (H, W) array, or a sequence of (H, W) arrays of the same shape (one per part).
     seq
-        Sequence number within the series (>= 0, increasing).
+        Sequence number within the series (``0 <= seq < 2**63``, increasing).
     series
         Series name.
     t_acq_ns
-        Acquisition timestamp in nanoseconds (``time.time_ns()`` at the detector).
+        Acquisition timestamp in nanoseconds (``time.time_ns()`` at the detector;
+        ``0 <= t_acq_ns < 2**63``).
     meta
         Optional acquisition settings.
     parts
@@ -261,15 +387,13 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
         if a.shape != shape:
             raise ProtocolError(f"all parts must share shape {shape} (got {a.shape} for {n!r})",
                                 reason="encode")
-    if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
-        raise ProtocolError(f"seq must be an int >= 0 (got {seq!r})", reason="encode")
-    if isinstance(t_acq_ns, bool) or not isinstance(t_acq_ns, (int, np.integer)):
-        raise ProtocolError(f"t_acq_ns must be an int (got {t_acq_ns!r})", reason="encode")
+    seq = _check_int(seq, "seq", "encode")
+    t_acq_ns = _check_int(t_acq_ns, "t_acq_ns", "encode")
     header = _base_header("frame", series)
-    header.update(seq=int(seq), shape=[int(shape[0]), int(shape[1])], dtype=wire[0].dtype.name,
-                  t_acq_ns=int(t_acq_ns))
+    header.update(seq=seq, shape=[int(shape[0]), int(shape[1])], dtype=wire[0].dtype.name,
+                  t_acq_ns=t_acq_ns)
     if meta is not None:
-        header["meta"] = dict(meta)
+        header["meta"] = check_meta(meta, reason="encode")
     if parts is not None:
         header["parts"] = names
         dtypes = [a.dtype.name for a in wire]
@@ -349,7 +473,7 @@ def decode_header(raw: Any) -> dict[str, Any]:
     view = _buffer(raw)
     if len(view) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header must be at most {MAX_HEADER_BYTES} bytes (got {len(view)})",
-                            reason="malformed")
+                            reason="header_size")
     try:
         header = msgpack.unpackb(view, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types for garbage
@@ -369,19 +493,14 @@ def decode_header(raw: Any) -> dict[str, Any]:
     if kind not in MESSAGE_TYPES:
         raise ProtocolError(f"message type must be one of {MESSAGE_TYPES} (got {kind!r})",
                             reason="type")
-    series = _require(header, "series", (str,), "a str")
-    if not series:
-        raise ProtocolError("header field 'series' must be a non-empty str (got '')",
-                            reason="field")
-    if "meta" in header and header["meta"] is not None and not isinstance(header["meta"], dict):
-        raise ProtocolError(f"header field 'meta' must be a map (got {header['meta']!r})",
-                            reason="field")
+    _check_series(_require(header, "series", (str,), "a str"), "field")
+    if header.get("meta") is not None:
+        check_meta(header["meta"])
     if kind != "frame":
         return header
-    seq = _require(header, "seq", (int,), "an int >= 0")
-    if seq < 0:
-        raise ProtocolError(f"header field 'seq' must be an int >= 0 (got {seq})", reason="field")
-    _require(header, "t_acq_ns", (int,), "an int (ns)")
+    _check_int(_require(header, "seq", (int,), "an int >= 0"), "header field 'seq'", "field")
+    _check_int(_require(header, "t_acq_ns", (int,), "an int (ns)"), "header field 't_acq_ns'",
+               "field")
     shape = _require(header, "shape", (list, tuple), "[H, W]")
     if len(shape) != 2 or not all(_is_int(s) and s > 0 for s in shape):
         raise ProtocolError(f"header field 'shape' must be [H, W] with positive ints "

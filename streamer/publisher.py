@@ -4,6 +4,11 @@ Runs in its own thread, fed by a bounded queue from the denoiser. The output soc
 that also sees subscriptions, so :attr:`Publisher.subscriptions` tells tests and the demo when a
 viewer has joined). A PUB socket never blocks: a subscriber that falls ``sndhwm`` messages behind
 loses messages inside ZeroMQ, which that subscriber sees as a jump in ``seq``.
+
+CSS compares consecutive frames only: after a frame lost anywhere (upstream gap, drop, engine
+error) the next frame's ``css`` is nil and the rolling window starts again, and frames smaller than
+the SSIM window (11x11) carry no CSS. An unexpected error on one frame is counted
+(``publish_error``) and the next frame goes out.
 """
 from __future__ import annotations
 
@@ -18,13 +23,18 @@ import zmq
 
 from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
 from .queues import FrameQueue
-from .stats import Counters, StreamStats
+from .stats import Counters, RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, SeriesState
 from .worker import Worker
 
-__all__ = ["OutFrame", "Publisher"]
+__all__ = ["CSS_MIN_SIDE", "END_FIELDS", "OutFrame", "Publisher"]
 
 log = logging.getLogger("n2a.stream")
+
+#: Smallest frame side with a CSS (the SSIM window is 11x11).
+CSS_MIN_SIDE = 11
+#: Fields of an input ``end`` passed on to the output ``end`` (scalars only).
+END_FIELDS = ("count", "last_seq", "reason")
 
 
 @dataclass
@@ -64,21 +74,27 @@ class Publisher(Worker):
         Send the raw frame as a second part.
     recorder
         Optional recorder; every published frame is recorded (denoised part only).
+    hwm_for
+        Optional ``message bytes -> high-water mark``: on each new series the send high-water mark
+        (per subscriber) is set from the size of the series' output messages.
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
                  stop_event: threading.Event, failed: threading.Event, make_css: Any,
                  engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
-                 make_guard: Any = None) -> None:
+                 make_guard: Any = None, hwm_for: Any = None) -> None:
         super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
         self.make_guard, self._guard, self._scaling = make_guard, None, None
         self.flag_counts = Counters()  # frames published with each guard flag
-        self.with_raw, self.recorder = with_raw, recorder
+        self.with_raw, self.recorder, self.hwm_for = with_raw, recorder, hwm_for
+        self.sndhwm = socket.sndhwm
         self.subscriptions = 0
         self._series: SeriesState | None = None
         self._css = None
+        self._last_seq: int | None = None  # of the last frame published in this series
+        self.rlog = RateLimitedLog(log, interval_s=1.0)
 
     def _drain_subscriptions(self) -> None:
         self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
@@ -97,6 +113,12 @@ class Publisher(Worker):
         if self._series is not None and self._series is not series:
             self._send(encode_end(self._series.name, reason="new series"))
         self._series = series
+        self._last_seq = None
+        if self.hwm_for is not None and series.shape is not None:
+            pixel_bytes = 4 + (np.dtype(series.dtype).itemsize if self.with_raw else 0)
+            hwm = self.hwm_for(int(np.prod(series.shape)) * pixel_bytes)
+            if hwm != self.sndhwm:  # ZeroMQ applies a new high-water mark to connected pipes too
+                self.socket.sndhwm = self.sndhwm = hwm
         self._measure_with(series, scaling)
         parts = encode_start(series.name, meta=series.meta, input_series=series.input_series,
                              shape=list(series.shape), meta_mismatch=series.mismatch)
@@ -111,12 +133,15 @@ class Publisher(Worker):
         elif out.scaling is not self._scaling:  # the denoiser could scale this series only now
             self._measure_with(item.series, out.scaling)
         t0 = time.perf_counter_ns()
-        if self._css is not None:
+        css = css_mean = craw = craw_mean = None
+        if self._css is not None and min(item.raw.shape) >= CSS_MIN_SIDE:
             css_den, css_raw = self._css
+            if self._last_seq is not None and item.seq != self._last_seq + 1:
+                css_den.reset()  # a frame is missing: never compare frames that are not consecutive
+                css_raw.reset()
             css, css_mean = css_den.update(out.denoised)
             craw, craw_mean = css_raw.update(item.raw)
-        else:
-            css = css_mean = craw = craw_mean = None
+        self._last_seq = item.seq
         t1 = time.perf_counter_ns()
         flags: list[str] = []
         if self._guard is not None:  # reuses the CSS's window moments when there are any
@@ -131,7 +156,8 @@ class Publisher(Worker):
         counts = self.stats.counts
         fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
                       engine=self.engine_name, model=self.model_id,
-                      dropped=counts.get("dropped"), gaps=counts.get("gaps"),
+                      dropped=counts.get("dropped") + counts.get("dropped_input"),
+                      gaps=counts.get("gaps"),
                       rejected=self.stats.rejected.total(),
                       meta_mismatch=list(item.series.mismatch), flags=flags)
         now = time.time_ns()
@@ -173,10 +199,18 @@ class Publisher(Worker):
                 continue
             if isinstance(item, EndMarker):
                 if self._series is item.series:
-                    self._send(encode_end(item.series.name, **{k: v for k, v in item.header.items()
-                                                               if k not in ("v", "type", "series")}))
+                    self._send(encode_end(item.series.name, **{
+                        k: item.header[k] for k in END_FIELDS
+                        if isinstance(item.header.get(k), (int, str))
+                        and not isinstance(item.header[k], bool)
+                        and len(str(item.header[k])) <= 256}))
                     self._series = None
                 continue
-            self.publish(item)
+            try:
+                self.publish(item)
+            except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
+                self.stats.rejected.add("publish_error")
+                self.rlog.warning("publish_error", "n2a-stream: could not publish frame seq %d "
+                                  "of %.300s: %.500r", item.item.seq, item.item.series.name, e)
         if self._series is not None:
             self._send(encode_end(self._series.name, reason="stream stopped"))

@@ -34,7 +34,8 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
+from .protocol import (drain_subscriptions, encode_end, encode_frame, encode_start, flat_meta,
+                       send_message)
 
 __all__ = ["Replay", "main", "simulated_source"]
 
@@ -111,7 +112,8 @@ class Replay:
             if len(frames) == 0:
                 raise ValueError("frames is empty (expected at least one frame)")
             self._frame_at, self._n = (lambda t: frames[t]), len(frames)
-        self.fps, self.count, self.loop, self.meta = fps, count, loop, dict(meta or {})
+        # Files carry nested metadata; the protocol takes a flat map within a size limit.
+        self.fps, self.count, self.loop, self.meta = fps, count, loop, flat_meta(meta)
         self.series = series or f"replay-{time.time_ns()}"
         self.pattern = pattern
         self.address = address or f"tcp://{host}:{port}"

@@ -2,15 +2,27 @@
 
 Runs in its own thread. Polls the input socket (SUB or PULL) with a short timeout and checks its
 stop event, so it never blocks for long. Bad input is counted by reason and logged (rate-limited);
-it never stops the stream. Raw frames are written to the recorder here, before the denoise queue, so
-a slow denoiser never costs a recorded raw frame.
+it never stops the stream, and neither does an unexpected error on one message (counted as
+``receive_error``). Raw frames are written to the recorder here, before the denoise queue, so a slow
+denoiser never costs a recorded raw frame.
+
+Frames that never arrived are counted, by where they were lost:
+
+- ``gaps``: jumps in ``seq`` within a series, and the frames before the first one seen of a series
+  (``seq`` > 0: its start was missed, e.g. n2a-stream joined late). Lost upstream, or in transit.
+- ``dropped_input``: a jump in ``seq`` seen while the input socket had a backlog of at least its
+  receive high-water mark (now or within the last second), i.e. this thread was behind and
+  ZeroMQ's queue was full: lost at our own high-water mark. ZeroMQ says nothing when it drops at a high-water mark, so this is inferred; an
+  upstream gap that happens to arrive during such a backlog is counted here too.
+- A jump of more than :data:`~streamer.protocol.MAX_SEQ_JUMP` frames starts a new series (the
+  publisher renumbered) and counts nothing, nor does a first ``seq`` above it.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +30,29 @@ import numpy as np
 import zmq
 
 from .meta import compare_meta
-from .protocol import Message, ProtocolError, decode
+from .protocol import MAX_SEQ_JUMP, MAX_SERIES_CHARS, Message, ProtocolError, decode
 from .queues import FrameQueue
 from .stats import RateLimitedLog, StreamStats
 from .worker import Worker
 
-__all__ = ["EndMarker", "InFrame", "Receiver", "SeriesState"]
+__all__ = ["MAX_TRACKED_SERIES", "MIN_FRAME_SIDE", "EndMarker", "InFrame", "Receiver",
+           "SeriesState"]
 
 log = logging.getLogger("n2a.stream")
+
+#: Smallest frame side denoised: the generators' ``noise2atom.models.MIN_SIDE`` (they reflect-pad
+#: to a multiple of 8), kept here so the receive stage need not import torch.
+MIN_FRAME_SIDE = 5
+#: Input series remembered (last ``seq``, ``#k`` numbering, ``start`` meta); the oldest is forgotten.
+MAX_TRACKED_SERIES = 64
+#: After a disconnect, ZeroMQ reconnects by itself (CONNECT_RETRIED follows) unless the connection
+#: broke on a protocol error such as a part over ``MAXMSGSIZE``; then it gives up, and so waits this.
+_RECONNECT_WAIT_S = 2.0
+
+
+def _missed_start(seq: int) -> int:
+    """Frames missed before the first frame seen of a series (none counted past a renumbering)."""
+    return seq if seq <= MAX_SEQ_JUMP else 0
 
 
 @dataclass
@@ -44,6 +71,7 @@ class SeriesState:
     mismatch: list[str] = field(default_factory=list)
     last_seq: int | None = None
     epoch: int = 0
+    index: int = 1  # k of the "#k" suffix (1: none)
 
 
 @dataclass
@@ -89,57 +117,107 @@ class Receiver(Worker):
         The checkpoint's acquisition ``meta`` (for ``meta_mismatch``).
     recorder
         Optional :class:`streamer.recorder.Recorder`; every valid message is recorded as received.
+    rcvhwm
+        The input socket's receive high-water mark (a gap seen with this many messages backlogged
+        counts as ``dropped_input``).
+    hwm_for
+        Optional ``message bytes -> high-water mark``: on each new series the receive high-water
+        mark is set from the series' frame size (a memory budget, not a message count).
+    monitor, source
+        Optional monitor socket of ``socket`` (``EVENT_DISCONNECTED | EVENT_CONNECT_RETRIED``) and
+        the address it connects to: a connection ZeroMQ closed for good (a message part over
+        ``MAXMSGSIZE``) is counted as rejected ``zmq_refused`` and connected again.
+    delay_s
+        Diagnostic: sleep this long per message (makes this stage slow, to exercise the input
+        high-water mark).
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
                  stop_event: threading.Event, failed: threading.Event, max_frame_bytes: int,
-                 model_meta: dict[str, Any], recorder: Any = None) -> None:
+                 model_meta: dict[str, Any], recorder: Any = None, rcvhwm: int = 1000,
+                 monitor: zmq.Socket | None = None, source: str | None = None,
+                 delay_s: float = 0.0, hwm_for: Any = None) -> None:
         super().__init__(name="n2a-receive", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.max_frame_bytes, self.model_meta, self.recorder = max_frame_bytes, model_meta, recorder
+        self.rcvhwm, self.monitor, self.source, self.delay_s = rcvhwm, monitor, source, delay_s
+        self.hwm_for = hwm_for
         self.rlog = RateLimitedLog(log, interval_s=1.0)
-        self.current: SeriesState | None = None
-        self._start_meta: dict[str, dict[str, Any]] = {}
-        self._name_uses: dict[str, itertools.count] = {}
+        # Bounded tables, oldest first: input series name -> its state / its `start` meta.
+        self._series: OrderedDict[str, SeriesState] = OrderedDict()
+        self._start_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._backlog = 0  # messages read since the socket was last found empty
+        self._behind_until = 0.0  # monotonic time until which we count as behind (see _count_missing)
+        self._reconnect_deadline: float | None = None
         self.ended = threading.Event()  # an `end` message arrived (for --exit-on-end)
 
     # ------------------------------------------------------------------ helpers
     def reject(self, reason: str, detail: str) -> None:
         self.stats.rejected.add(reason)
-        self.rlog.warning(reason, "n2a-stream: rejected a message (%s): %s", reason, detail)
+        self.rlog.warning(reason, "n2a-stream: rejected a message (%s): %.500s", reason, detail)
 
-    def _new_series(self, msg: Message, meta: dict[str, Any], why: str) -> SeriesState:
-        uses = self._name_uses.setdefault(msg.series, itertools.count())
-        k = next(uses)
-        name = msg.series if k == 0 else f"{msg.series}#{k + 1}"
+    def _new_series(self, msg: Message, meta: dict[str, Any], prev: SeriesState | None,
+                    why: str) -> SeriesState:
+        index = prev.index + 1 if prev is not None else 1
+        suffix = f"#{index}" if index > 1 else ""
+        name = msg.series[:MAX_SERIES_CHARS - len(suffix)] + suffix
         meta = dict(meta)
         state = SeriesState(name=name, input_series=msg.series, shape=msg.shape,
                             dtype=msg.header.get("dtype"), meta=meta,
                             mismatch=compare_meta(meta, self.model_meta),
-                            epoch=int(self.stats.counts.get("series")))
+                            epoch=int(self.stats.counts.get("series")), index=index)
         self.stats.counts.add("series")
+        if self.hwm_for is not None:
+            hwm = self.hwm_for(msg.frame.nbytes)
+            if hwm != self.rcvhwm:  # ZeroMQ applies a new high-water mark to connected pipes too
+                self.socket.rcvhwm = self.rcvhwm = hwm
         if state.mismatch:
             log.warning("n2a-stream: series %s: acquisition settings differ from the model's: %s",
                         name, ", ".join(state.mismatch))
-        log.info("n2a-stream: new series %s (%s)", name, why)
-        self.current = state
+        log.info("n2a-stream: new series %.300s (%s)", name, why)
+        self._series[msg.series] = state
+        self._series.move_to_end(msg.series)
+        while len(self._series) > MAX_TRACKED_SERIES:
+            self._series.popitem(last=False)
         return state
 
-    def _series_for(self, msg: Message) -> SeriesState:
-        cur = self.current
+    def _series_for(self, msg: Message) -> tuple[SeriesState, int]:
+        """The series of a frame and how many of its frames went missing just before it."""
+        seq = msg.seq
         meta = msg.header.get("meta") or self._start_meta.get(msg.series) or {}
-        if cur is None or cur.input_series != msg.series:
-            return self._new_series(msg, meta, "new series name")
+        cur = self._series.get(msg.series)
+        if cur is None:
+            return self._new_series(msg, meta, None, "new series name"), _missed_start(seq)
+        last = cur.last_seq if cur.last_seq is not None else -1
         if cur.shape != msg.shape or cur.dtype != msg.header.get("dtype"):
-            return self._new_series(msg, meta, f"frame shape/dtype changed to {msg.shape} "
-                                               f"{msg.header.get('dtype')}")
-        if cur.last_seq is not None and msg.seq <= cur.last_seq:
-            return self._new_series(msg, meta, f"seq went back from {cur.last_seq} to {msg.seq} "
-                                               f"(publisher restarted)")
+            missing = (seq - last - 1 if last < seq <= last + 1 + MAX_SEQ_JUMP
+                       else _missed_start(seq) if seq <= last else 0)
+            return self._new_series(msg, meta, cur, f"frame shape/dtype changed to {msg.shape} "
+                                                    f"{msg.header.get('dtype')}"), missing
+        if seq <= last:
+            return self._new_series(msg, meta, cur, f"seq went back from {last} to {seq} "
+                                                    f"(publisher restarted)"), _missed_start(seq)
+        if seq - last - 1 > MAX_SEQ_JUMP:
+            return self._new_series(msg, meta, cur, f"seq jumped from {last} to {seq} "
+                                                    f"(renumbered; not counted as lost)"), 0
+        self._series.move_to_end(msg.series)
         if meta and meta != cur.meta:
             cur.meta = dict(meta)
             cur.mismatch = compare_meta(cur.meta, self.model_meta)
-        return cur
+        return cur, seq - last - 1
+
+    def _count_missing(self, series: SeriesState, seq: int, missing: int) -> None:
+        # Behind: a backlog of rcvhwm messages now or within the last second (the socket can look
+        # empty for a moment while ZeroMQ's I/O thread refills it from the TCP buffers).
+        if self._backlog >= self.rcvhwm or time.monotonic() < self._behind_until:
+            self.stats.counts.add("dropped_input", missing)
+            self.rlog.warning("drop_input", "n2a-stream: %d frame(s) lost at the input high-water "
+                              "mark (%d messages backlogged) in %.300s before seq %d", missing,
+                              self._backlog, series.name, seq)
+            return
+        self.stats.counts.add("gaps", missing)
+        self.rlog.warning("gap", "n2a-stream: %d frame(s) missing upstream in %.300s before seq %d",
+                          missing, series.name, seq)
 
     # ------------------------------------------------------------------ one message
     def handle(self, parts: list[Any], t_recv_ns: int) -> None:
@@ -155,14 +233,16 @@ class Receiver(Worker):
             return
         if msg.type == "start":
             self._start_meta[msg.series] = dict(msg.meta)
-            if len(self._start_meta) > 64:  # bounded: forget the oldest series' settings
-                self._start_meta.pop(next(iter(self._start_meta)))
+            self._start_meta.move_to_end(msg.series)
+            while len(self._start_meta) > MAX_TRACKED_SERIES:
+                self._start_meta.popitem(last=False)
             self._record(parts)
             return
         if msg.type == "end":
             self._record(parts)
-            if self.current is not None and self.current.input_series == msg.series:
-                self.queue.put(EndMarker(series=self.current, header=msg.header), marker=True)
+            state = self._series.get(msg.series)
+            if state is not None:
+                self.queue.put(EndMarker(series=state, header=msg.header), marker=True)
             self.ended.set()
             return
         raw = msg.frame
@@ -174,12 +254,13 @@ class Receiver(Worker):
             self.reject("non_finite", f"frame seq {msg.seq} of {msg.series} must be finite "
                                       f"(got {n} NaN/Inf values)")
             return
-        series = self._series_for(msg)
-        if series.last_seq is not None and msg.seq > series.last_seq + 1:
-            missing = msg.seq - series.last_seq - 1
-            self.stats.counts.add("gaps", missing)
-            self.rlog.warning("gap", "n2a-stream: %d frame(s) missing upstream in %s before seq %d",
-                              missing, series.name, msg.seq)
+        if min(raw.shape) < MIN_FRAME_SIDE:
+            self.reject("too_small", f"frame seq {msg.seq} must be at least {MIN_FRAME_SIDE}x"
+                                     f"{MIN_FRAME_SIDE} to be denoised (got {raw.shape})")
+            return
+        series, missing = self._series_for(msg)
+        if missing > 0:
+            self._count_missing(series, msg.seq, missing)
         series.last_seq = msg.seq
         self._record(parts)
         self.stats.counts.add("frames_in")
@@ -212,14 +293,62 @@ class Receiver(Worker):
                     return
 
     # ------------------------------------------------------------------ loop
+    def _handle_safely(self, parts: list[Any], t_recv_ns: int) -> None:
+        """One message; an unexpected error is counted and logged, and the next message comes."""
+        try:
+            self.handle(parts, t_recv_ns)
+        except Exception as e:  # noqa: BLE001 - one message must not stop the stream
+            self.stats.rejected.add("receive_error")
+            self.rlog.warning("receive_error", "n2a-stream: the receive stage failed on a message "
+                              "and skipped it: %.500r", e)
+
+    def _watch_connection(self, readable: bool) -> None:
+        """Read monitor events; connect again when ZeroMQ closed the connection for good."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while readable:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_DISCONNECTED:
+                self._reconnect_deadline = time.monotonic() + _RECONNECT_WAIT_S
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                self._reconnect_deadline = None  # ZeroMQ reconnects by itself
+        if self._reconnect_deadline is None or time.monotonic() < self._reconnect_deadline:
+            return
+        self._reconnect_deadline = None
+        self.stats.rejected.add("zmq_refused")
+        self.rlog.warning("zmq_refused", "n2a-stream: ZeroMQ closed the input connection on a "
+                          "protocol error (a message part over --max-frame-bytes?); connecting "
+                          "to %s again", self.source)
+        try:
+            self.socket.disconnect(self.source)
+        except zmq.ZMQError:
+            pass  # the session is already gone
+        self.socket.connect(self.source)
+
     def work(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         while not self.stop_event.is_set():
-            if not self.socket.poll(100, zmq.POLLIN):
+            ready = dict(poller.poll(100))
+            if self.monitor is not None:
+                self._watch_connection(self.monitor in ready)
+            if self.socket not in ready:
                 continue
             # Drain what is there, but look at the stop flag between messages.
+            self._backlog = 0
             while not self.stop_event.is_set():
                 try:
                     parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self.handle(parts, time.time_ns())
+                self._backlog += 1
+                if self._backlog >= self.rcvhwm:
+                    self._behind_until = time.monotonic() + 1.0
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                self._handle_safely(parts, time.time_ns())

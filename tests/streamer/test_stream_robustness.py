@@ -94,7 +94,7 @@ def fuzz_stream(lite_model):
     probe = 0
     deadline = time.monotonic() + 10
     while not col.frames and time.monotonic() < deadline:
-        send_message(pub, _good(probe, "probe"))
+        send_message(pub, _good(0, f"probe{probe}"))  # seq 0 each: a lost probe is no gap
         probe += 1
         time.sleep(0.1)
     wait_until(lambda: col.frames, 5, "the probe to come through")
