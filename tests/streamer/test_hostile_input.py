@@ -154,6 +154,8 @@ def test_frames_smaller_than_the_ssim_window_are_denoised_without_css(feed):
     out = [m for m in feed.col.frames if m.series == series]
     assert [m.arrays["denoised"].shape for m in out] == [(8, 8)] * 3
     assert all(m.header["css"] is None and m.header["css_raw"] is None for m in out)
+    # the guard cannot check them either, and says so instead of an empty (all well) list
+    assert all(m.header["flags"] == ["too_small_to_check"] for m in out)
     feed.good()
 
 
