@@ -8,8 +8,8 @@ atoms in vacuum):
 - ``raw``: the noisy frames;
 - ``gaussian (best SSIM)`` / ``gaussian (best F1)``: a Gaussian filter whose sigma was picked
   *with the truth of the scored frames* (the strongest possible Gaussian, for each metric);
-- ``model``: the checkpoint's generator (PyTorch, CPU), on frames normalised with the
-  checkpoint's own limits.
+- ``model``: the checkpoint's generator (PyTorch, CPU), on frames scaled by
+  :func:`noise2atom.scaling.estimate_scaling` of the series (as ``n2a-stream`` does per series).
 
 ``--external`` scores on data n2a did not make (``../shared/data``), every input scaled with
 :func:`noise2atom.scaling.estimate_scaling` of the image itself (as ``n2a-denoise`` does):
@@ -52,7 +52,7 @@ SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 def _denoise(generator: torch.nn.Module, config, noisy: np.ndarray) -> tuple[np.ndarray, float]:
-    x = torch.from_numpy(config.normalisation.to_model(noisy))[:, None]
+    x = torch.from_numpy(estimate_scaling(noisy).to_model(noisy))[:, None]  # per series, as n2a-stream
     with torch.no_grad():
         generator(x[:1])  # warm-up
         t0 = time.perf_counter()
