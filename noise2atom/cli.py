@@ -5,6 +5,7 @@ Examples::
     n2a-train series.tif --out model.safetensors --method blindspot --minutes 10
     n2a-train a.h5:/data b.h5:/data --out m.safetensors --method noise2atom --estimate-prior
     n2a-train --simulate --sim-peak-counts 1 --out m.safetensors --iterations 2000
+    n2a-train one_image.dm4 --out m.safetensors --minutes 5     # one frame: bottom 15 % of rows validate
     n2a-train series.tif --out model.safetensors --resume --iterations 4000
     n2a-train --mixture --method supervised --out models/default.safetensors --minutes 20
 
@@ -205,8 +206,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except ValueError as e:  # simulator parameter checks
         raise UsageError(str(e)) from e
     n = data.normalisation
-    log(f"{PROG}: {data.n_frames} frames from {', '.join(data.sources)}; intensity limits "
-        f"lo={n.lo:g} hi={n.hi:g} (percentiles {args.percentiles[0]:g}/{args.percentiles[1]:g})")
+    scaling = ("each series scaled by estimate_scaling of its own frames" if args.mixture else
+               f"intensity limits lo={n.lo:g} hi={n.hi:g} (percentiles {args.percentiles[0]:g}/"
+               f"{args.percentiles[1]:g})")
+    log(f"{PROG}: {data.n_frames} frames from {', '.join(data.sources)}; {scaling}")
 
     prior = _prior(args, data, log) if gan else None
     try:
