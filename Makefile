@@ -45,5 +45,12 @@ gpu-check:
 gpu-check-plan:
 	$(PYTHON) bench/gpu_check.py --dry-run
 
+# The bundled model (models/README.md): supervised on the random-microscope mixture, ~20 minutes on
+# a shared 2-core CPU. Iterations, not minutes, so a faster machine does the same training.
+model: $(BIN)/.installed
+	nice -n 10 $(BIN)/n2a-train --mixture --sim-size 192 --mixture-series 160 --method supervised \
+	    --model lite --iterations 484 --seed 0 --threads 2 --checkpoint-every 100 --preview-every 100 \
+	    --quiet --overwrite --out models/default.safetensors
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -156,7 +156,7 @@ class ModelConfig(BaseModel):
 
     version: Literal[1] = 1
     size: Literal["paper", "lite"] = Field(description="generator architecture")
-    method: Literal["noise2atom", "blindspot", "hybrid"] = Field(description="training method")
+    method: Literal["noise2atom", "blindspot", "hybrid", "supervised"] = Field(description="training method")
     normalisation: Normalisation
     prior: dict[str, Any] | None = Field(
         default=None, description="target-domain simulator parameters (noise2atom, hybrid)")

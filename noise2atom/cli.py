@@ -5,7 +5,9 @@ Examples::
     n2a-train series.tif --out model.safetensors --method blindspot --minutes 10
     n2a-train a.h5:/data b.h5:/data --out m.safetensors --method noise2atom --estimate-prior
     n2a-train --simulate --sim-peak-counts 1 --out m.safetensors --iterations 2000
+    n2a-train one_image.dm4 --out m.safetensors --minutes 5     # one frame: bottom 15 % of rows validate
     n2a-train series.tif --out model.safetensors --resume --iterations 4000
+    n2a-train --mixture --method supervised --out models/default.safetensors --minutes 20
 
 Bad input ends with one line on stderr (``n2a-train: error: ...``) and exit code 2.
 Ctrl-C saves a checkpoint (a consistent snapshot) and exits with code 130;
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("frames", nargs="*", metavar="FRAMES",
                    help="frame files: TIFF stacks, .npy, HDF5 (file.h5:/dataset), DM3/DM4/EMD/SER")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
-    p.add_argument("--method", choices=["noise2atom", "blindspot", "hybrid"], default="blindspot",
-                   help="training method (default: blindspot, the winner of our quality benchmark)")
+    p.add_argument("--method", choices=["noise2atom", "blindspot", "hybrid", "supervised"],
+                   default="blindspot", help="training method (default: blindspot, the winner of our "
+                   "quality benchmark; supervised: only with --mixture, which has a truth)")
     p.add_argument("--model", choices=["paper", "lite"], default="lite", help="generator size")
     p.add_argument("--iterations", type=int, help="total iterations to reach (also across --resume)")
     p.add_argument("--minutes", type=float, help="wall-clock budget of this run")
@@ -54,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the checkpoint every N iterations (always at the end and on Ctrl-C)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dataset", help="HDF5 dataset path for all FRAMES")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="hold back a stripe of this fraction of the rows (at least one patch) of every "
+                        "frame for validation (default: 0.15 for a single frame, else none)")
     p.add_argument("--percentiles", type=float, nargs=2, default=(0.1, 99.9), metavar=("LO", "HI"),
                    help="intensity percentiles mapped to -1 and +1 (default 0.1 99.9)")
     g = p.add_argument_group("Noise2Atom losses")
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sim-pitch", type=float, default=8.0, help="simulated lattice pitch in px")
     g.add_argument("--sim-sigma", type=float, default=1.6, help="simulated probe blur (blob std) in px")
     g.add_argument("--sim-seed", type=int, default=0)
+    g = p.add_argument_group("--mixture: train on random microscopes (noise2atom.mixture), the bundled model")
+    g.add_argument("--mixture", action="store_true")
+    g.add_argument("--mixture-series", type=int, default=192, help="series in the bank (each refreshed over time)")
     return p
 
 
@@ -135,7 +144,7 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    gan = args.method != "blindspot"
+    gan = args.method in ("noise2atom", "hybrid")
     patch = args.patch or (128 if gan else 64)
     batch = args.batch or (3 if gan else 16)
     if args.iterations is None and args.minutes is None:
@@ -143,9 +152,9 @@ def _run(argv: Sequence[str] | None) -> int:
     if not args.resume and not args.overwrite and args.out.exists():
         raise UsageError(f"--out {args.out} exists: pass --overwrite to replace it or --resume to "
                          f"continue training it (got an existing file)")
-    if bool(args.frames) == bool(args.simulate):
-        raise UsageError("give FRAMES files or --simulate, not both or neither "
-                         f"(got {len(args.frames)} files, --simulate={args.simulate})")
+    if bool(args.frames) + bool(args.simulate) + bool(args.mixture) != 1:
+        raise UsageError("give one of FRAMES files, --simulate or --mixture "
+                         f"(got {len(args.frames)} files, --simulate={args.simulate}, --mixture={args.mixture})")
     if patch < 16 or patch % 8:
         raise UsageError(f"--patch must be a multiple of 8, at least 16 (got {patch})")
     if (args.gain is None) != (args.offset is None):
@@ -170,7 +179,12 @@ def _run(argv: Sequence[str] | None) -> int:
                          "CUDA unavailable)")
     counts = (args.gain, args.offset) if args.gain is not None else None
     try:
-        if args.simulate:
+        if args.mixture:
+            from noise2atom.mixture import MixtureData
+
+            data = MixtureData(n_series=args.mixture_series, size=args.sim_size,
+                               seed=args.sim_seed)
+        elif args.simulate:
             if args.sim_size < patch:
                 raise TrainingDataError(f"--sim-size {args.sim_size} is smaller than the {patch}x{patch} "
                                         "patch (got a smaller frame)")
@@ -183,13 +197,24 @@ def _run(argv: Sequence[str] | None) -> int:
         else:
             data = load_training_data(args.frames, patch=patch, dataset=args.dataset,
                                       percentiles=tuple(args.percentiles), counts=counts)
+        val_fraction = args.val_fraction
+        if val_fraction is None:
+            val_fraction = 0.15 if data.n_frames == 1 else 0.0
+        if val_fraction and not hasattr(data, "hold_back"):
+            raise TrainingDataError(f"--val-fraction applies to frame files and --simulate, not to "
+                                    f"--mixture (got --val-fraction {val_fraction})")
+        if val_fraction:
+            data.hold_back(val_fraction, patch)
+            log(f"{PROG}: held back the bottom {data.val_rows} rows of every frame for validation")
     except TrainingDataError as e:
         raise UsageError(str(e)) from e
     except ValueError as e:  # simulator parameter checks
         raise UsageError(str(e)) from e
     n = data.normalisation
-    log(f"{PROG}: {data.n_frames} frames from {', '.join(data.sources)}; intensity limits "
-        f"lo={n.lo:g} hi={n.hi:g} (percentiles {args.percentiles[0]:g}/{args.percentiles[1]:g})")
+    scaling = ("each series scaled by estimate_scaling of its own frames" if args.mixture else
+               f"intensity limits lo={n.lo:g} hi={n.hi:g} (percentiles {args.percentiles[0]:g}/"
+               f"{args.percentiles[1]:g})")
+    log(f"{PROG}: {data.n_frames} frames from {', '.join(data.sources)}; {scaling}")
 
     prior = _prior(args, data, log) if gan else None
     try:
@@ -209,7 +234,7 @@ def _run(argv: Sequence[str] | None) -> int:
         except ResumeError as e:
             raise UsageError(str(e)) from e
         log(f"{PROG}: resumed {args.out} at iteration {trainer.iteration}")
-    if args.method != "noise2atom":
+    if args.method in ("blindspot", "hybrid"):
         log(f"{PROG}: blind-spot loss {trainer.bs_loss}"
             + (f" (gain {data.counts[0]:g}, offset {data.counts[1]:g})" if trainer.bs_loss == "poisson" else ""))
     t0 = time.perf_counter()
@@ -219,7 +244,9 @@ def _run(argv: Sequence[str] | None) -> int:
     summary = ", ".join(f"{k} {sum(r[k] for r in last) / len(last):.4g}" for k in last[-1]) if last else "-"
     log(f"{PROG}: {args.method}/{args.model}: iteration {result.iteration} "
         f"({len(result.losses)} this run in {wall:.1f} s, {result.its_per_s:.2f} it/s); "
-        f"mean of last {len(last)}: {summary}; wrote {args.out}")
+        f"mean of last {len(last)}: {summary}"
+        + (f"; validation bs {result.val_loss:.4g}" if result.val_loss is not None else "")
+        + f"; wrote {args.out}")
     if result.interrupted:
         log(f"{PROG}: interrupted; checkpoint saved at iteration {result.iteration} (continue with --resume)")
         return 130

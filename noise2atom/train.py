@@ -9,6 +9,9 @@ one optimiser each for D, G (stepped by both G updates) and F; batch 3.
 ``blindspot`` trains G alone on the noisy frames with masked-pixel
 self-supervision (:mod:`noise2atom.blindspot`); Adam, lr 1e-3.
 
+``supervised`` trains G alone on simulated pairs (noisy, noiseless truth) with MSE; only with data
+that has a truth (``n2a-train --mixture``, :class:`noise2atom.mixture.MixtureData`).
+
 ``hybrid`` is ``noise2atom`` plus ``fidelity_weight`` times the blind-spot loss of
 G in the cycle update, so the data keeps the atom prior honest.
 """
@@ -41,7 +44,7 @@ from noise2atom.train_data import TrainingData
 
 __all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError"]
 
-Method = Literal["noise2atom", "blindspot", "hybrid"]
+Method = Literal["noise2atom", "blindspot", "hybrid", "supervised"]
 
 
 class ResumeError(ValueError):
@@ -109,6 +112,7 @@ class TrainResult:
     seconds: float = 0.0
     interrupted: bool = False
     model_path: Path | None = None
+    val_loss: float | None = None  # blind-spot loss on the held-back stripe at the end, if any
 
     @property
     def its_per_s(self) -> float:
@@ -156,11 +160,35 @@ class Trainer:
             self.opt_G = torch.optim.Adam(self.G.parameters(), lr=o.lr or 1e-3)
             self.opt_F = self.opt_D = None
         self.bs_loss = o.bs_loss
+        if o.method == "supervised" and not hasattr(data, "sample_pairs"):
+            raise ValueError("method 'supervised' needs training data with a truth (got frames "
+                             "without one: use --mixture)")
         if self.bs_loss == "auto":
             self.bs_loss = "poisson" if data.counts is not None else "mse"
         if self.bs_loss == "poisson" and data.counts is None:
             raise ValueError("the poisson blind-spot loss needs the detector gain and offset "
                              "(got none: pass --gain and --offset, or use --bs-loss mse)")
+
+        val = data.validation_patches(o.patch) if hasattr(data, "validation_patches") else None
+        self._val = torch.from_numpy(val).to(self.device) if val is not None and len(val) else None
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Blind-spot loss of G on the held-back validation patches (fixed masks), or None.
+
+        The same masks every time (a fixed generator), so the values compare over a run.
+        """
+        if self._val is None or self.options.method not in ("blindspot", "hybrid"):
+            return None
+        o = self.options
+        g = torch.Generator().manual_seed(1234)
+        self.G.eval()
+        masked, mask = make_blindspot_batch(self._val.clamp(-1, 1), spacing=o.bs_spacing,
+                                            half_width=o.bs_half_width, generator=g)
+        loss = blindspot_loss(self.G(masked), self._val, mask, kind=self.bs_loss,
+                              to_counts=self._to_counts)
+        self.G.train()
+        return float(loss)
 
     # ------------------------------------------------------------------ steps
     def _to_counts(self, y: torch.Tensor) -> torch.Tensor:
@@ -183,6 +211,15 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One training iteration; returns its losses."""
         o = self.options
+        if o.method == "supervised":
+            x, t = self.data.sample_pairs(o.batch, o.patch, self.rng, flips=True)
+            x, t = torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device)
+            loss = (self.G(x.clamp(-1, 1)) - t).pow(2).mean()
+            self.opt_G.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_G.step()
+            self.iteration += 1
+            return {"mse": loss.item()}
         gan = o.method != "blindspot"
         raw = self.data.sample(o.batch, o.patch, self.rng, consecutive=gan, flips=not gan)
         x_target = torch.from_numpy(raw).to(self.device)
@@ -360,8 +397,9 @@ class Trainer:
                     self.save(out)
                     recent = result.losses[-o.checkpoint_every:]
                     mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
+                    val = self.validation_loss()
                     log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())
-                        + f"; saved {out}")
+                        + (f", validation bs {val:.4g}" if val is not None else "") + f"; saved {out}")
                 if o.preview_every and self.iteration % o.preview_every == 0:
                     self.write_preview(out.with_name(out.stem + ".preview.png"))
         finally:
@@ -372,6 +410,7 @@ class Trainer:
         result.interrupted = stop["flag"]
         result.iteration = self.iteration
         result.seconds = time.perf_counter() - run_start  # this run only
+        result.val_loss = self.validation_loss()
         self.save(out)
         if o.preview_every:
             self.write_preview(out.with_name(out.stem + ".preview.png"))

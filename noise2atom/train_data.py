@@ -44,6 +44,44 @@ class TrainingData:
     sources: list[str]
     counts: tuple[float, float] | None = None  # (gain, offset) of the raw units, if known
     frame_shapes: list[tuple[int, int]] = field(default_factory=list)
+    #: Rows held back from training at the bottom of every frame (validation stripe), 0 for none.
+    val_rows: int = 0
+
+    def hold_back(self, fraction: float, patch: int) -> None:
+        """Hold back a stripe of full rows at the bottom of every frame for validation.
+
+        A stripe of rows (not columns), since scan noise is correlated along the rows: a training
+        patch never shares a row with a validation patch. The stripe is at least ``patch`` rows,
+        and at least ``patch`` rows are left for training.
+        """
+        if not 0 < fraction < 1:
+            raise TrainingDataError(f"the validation fraction must be in (0, 1) (got {fraction})")
+        h = min(s.shape[1] for s in self.stacks)
+        rows = max(patch, int(round(fraction * h)))
+        if h - rows < patch:
+            raise TrainingDataError(
+                f"frames of {h} rows are too small to hold back a {rows}-row validation stripe and "
+                f"still train on {patch}x{patch} patches (got --patch {patch}; use a smaller --patch "
+                f"or --val-fraction 0 with at least 2 frames)")
+        self.val_rows = rows
+
+    def _row_limit(self, s: np.ndarray) -> int:
+        """Rows of ``s`` training patches may use (all but the validation stripe)."""
+        return s.shape[1] - self.val_rows
+
+    def validation_patches(self, patch: int, max_patches: int = 64) -> np.ndarray:
+        """(N, 1, patch, patch) float32 patches tiling the held-back stripe (none if no stripe)."""
+        out = []
+        for s in self.stacks:
+            r0 = s.shape[1] - self.val_rows
+            for t in range(len(s)):
+                for r in range(r0, s.shape[1] - patch + 1, patch):
+                    for c in range(0, s.shape[2] - patch + 1, patch):
+                        out.append(s[t, r:r + patch, c:c + patch])
+        if not self.val_rows or not out:
+            return np.zeros((0, 1, patch, patch), np.float32)
+        idx = np.linspace(0, len(out) - 1, min(len(out), max_patches)).round().astype(int)
+        return np.stack([out[i] for i in idx])[:, None].astype(np.float32)
 
     @property
     def n_frames(self) -> int:
@@ -62,14 +100,14 @@ class TrainingData:
         if consecutive:
             s = self.stacks[rng.integers(len(self.stacks))]
             t0 = rng.integers(len(s))
-            r, c = rng.integers(s.shape[1] - patch + 1), rng.integers(s.shape[2] - patch + 1)
+            r, c = rng.integers(self._row_limit(s) - patch + 1), rng.integers(s.shape[2] - patch + 1)
             for i in range(batch):
                 out[i, 0] = s[(t0 + i) % len(s), r:r + patch, c:c + patch]
         else:
             for i in range(batch):
                 s = self.stacks[rng.integers(len(self.stacks))]
                 t = rng.integers(len(s))
-                r, c = rng.integers(s.shape[1] - patch + 1), rng.integers(s.shape[2] - patch + 1)
+                r, c = rng.integers(self._row_limit(s) - patch + 1), rng.integers(s.shape[2] - patch + 1)
                 out[i, 0] = s[t, r:r + patch, c:c + patch]
         if flips:
             for i in range(batch):
@@ -106,8 +144,8 @@ def _prepare(stacks: list[np.ndarray], sources: list[str], meta: dict[str, Any],
                     f"{src}: frame {int(bad[0])} has no finite values (got only NaN/inf in "
                     f"{len(bad)} of {len(s)} frames)")
     total = sum(len(s) for s in stacks)
-    if total < 2:
-        raise TrainingDataError(f"need at least 2 training frames (got {total} in {', '.join(sources)})")
+    if total < 1:
+        raise TrainingDataError(f"need at least 1 training frame (got none in {', '.join(sources)})")
     try:
         norm = Normalisation.from_frames(stacks, percentiles)
     except ValueError as e:

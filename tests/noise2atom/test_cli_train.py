@@ -63,11 +63,11 @@ def test_one_dimensional_data(capsys, tmp_path):
     assert_one_line_error(rc, err, "line.npy", "got")
 
 
-def test_fewer_than_two_frames(capsys, tmp_path):
+def test_single_frame_too_small_for_a_validation_stripe(capsys, tmp_path):
     p = tmp_path / "one.tif"
-    tifffile.imwrite(p, np.ones((64, 64), np.uint16))
+    tifffile.imwrite(p, np.random.default_rng(0).poisson(3, (48, 48)).astype(np.uint16))
     rc, err = run_main(capsys, [p, "--out", tmp_path / "m.safetensors", "--iterations", "1", "--patch", "32"])
-    assert_one_line_error(rc, err, "at least 2 training frames", "got 1")
+    assert_one_line_error(rc, err, "48 rows", "validation stripe", "got --patch 32")
 
 
 def test_frames_smaller_than_patch(capsys, good, tmp_path):
@@ -88,7 +88,7 @@ def test_nan_only_frame(capsys, tmp_path):
     ([], "--iterations N or --minutes M"),
     (["--iterations", "1", "--patch", "20"], "multiple of 8"),
     (["--iterations", "1", "--gain", "2"], "both --gain and --offset"),
-    (["--iterations", "1", "--simulate"], "not both"),
+    (["--iterations", "1", "--simulate"], "give one of FRAMES files, --simulate or --mixture"),
     (["--iterations", "1", "--resume", "--patch", "32"], "not found"),
     (["--iterations", "1", "--device", "banana"], "--device must be"),
 ])

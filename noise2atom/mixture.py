@@ -1,0 +1,211 @@
+"""A randomised mixture of simulated STEM series, for a bundled model that generalises.
+
+Each series draws its own acquisition from wide ranges (:func:`draw_settings`): dose from 0.05
+to 50 counts at an atom's peak, atom pitch 4-30 px with a probe blur in proportion, crystal /
+particle on amorphous support / mixed scenes (all with vacuum), bright atoms (HAADF) or dark atoms
+on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
+detector gain and offset (and clipping at 0, as an unsigned detector without offset does).
+
+The specimen and its truth come from :class:`noise2atom.stem_sim.StemSimulator` (its ``clean``
+frames, drift included); the detector is applied here. Every series is then scaled by
+:func:`noise2atom.scaling.estimate_scaling` of its own noisy frames, exactly as ``n2a-denoise``
+(per file) and ``n2a-stream`` (per series) scale their input, so training and inference match.
+
+Examples
+--------
+>>> s = simulate_mixture_series(np.random.default_rng(0), size=64, n_frames=2)
+>>> s.noisy.shape, s.target.shape, s.noisy.dtype
+((2, 64, 64), (2, 64, 64), dtype('float32'))
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from noise2atom.scaling import estimate_scaling
+from noise2atom.stem_sim import StemSimulator
+
+__all__ = ["MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
+
+
+@dataclass(frozen=True)
+class MixtureSettings:
+    """One series' acquisition (counts are detected electrons per pixel)."""
+
+    scene: str
+    contrast: str  # "haadf" (bright atoms) or "abf" (dark atoms on a bright background)
+    peak_counts: float  # HAADF: counts at a full atom's peak; ABF: counts of the bright background
+    abf_depth: float  # ABF: fraction of the background an atom's peak removes
+    background_counts: float
+    pitch_px: float
+    sigma_px: float
+    rotation_deg: float
+    read_noise: float  # counts
+    line_noise: float  # std of a per-row additive offset, counts
+    scan_jitter_px: float
+    gain: float  # detector units per count
+    offset: float  # detector units
+    clip_at_zero: bool
+    seed: int
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def draw_settings(rng: np.random.Generator) -> MixtureSettings:
+    """Random acquisition settings spanning the microscopes the bundled model should cover."""
+    pitch = _log_uniform(rng, 4.0, 30.0)
+    peak = _log_uniform(rng, 0.05, 50.0)
+    contrast = "abf" if rng.random() < 0.3 else "haadf"
+    offset_kind = rng.integers(4)
+    offset = [0.0, rng.uniform(10, 500), rng.uniform(1_000, 20_000), -rng.uniform(10, 2_000)][offset_kind]
+    return MixtureSettings(
+        scene=str(rng.choice(["crystal", "nanoparticle", "mixed"])),
+        contrast=contrast,
+        peak_counts=peak,
+        abf_depth=float(rng.uniform(0.25, 0.8)),
+        background_counts=float(peak * rng.uniform(0.0, 0.1)),
+        pitch_px=pitch,
+        sigma_px=float(max(0.6, pitch * rng.uniform(0.12, 0.25))),
+        rotation_deg=float(rng.uniform(0, 90)),
+        read_noise=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 1.5)])),
+        line_noise=float(rng.choice([0.0, 0.0, rng.uniform(0, 0.15) * np.sqrt(peak) + rng.uniform(0, 0.1)])),
+        scan_jitter_px=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 0.8)])),
+        gain=_log_uniform(rng, 0.5, 2_000.0),
+        offset=float(offset),
+        clip_at_zero=bool(offset_kind == 0 and rng.random() < 0.7),
+        seed=int(rng.integers(2**31)),
+    )
+
+
+@dataclass
+class MixtureSeries:
+    """A scaled series: ``noisy`` and ``target`` in the network's units (``target`` is the
+    noiseless expected detector value, scaled the same way), not clipped."""
+
+    noisy: np.ndarray
+    target: np.ndarray
+    clean: np.ndarray
+    lo: float
+    hi: float
+    settings: MixtureSettings
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(asdict(self.settings), lo=self.lo, hi=self.hi)
+
+
+def _jitter_rows(img: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Shift each row along x by a sub-pixel amount (linear interpolation, edge held)."""
+    w = img.shape[1]
+    x = np.arange(w, dtype=np.float32)[None, :] + shift[:, None]
+    x = np.clip(x, 0, w - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, w - 1)
+    f = (x - i0).astype(np.float32)
+    rows = np.arange(img.shape[0])[:, None]
+    return img[rows, i0] * (1 - f) + img[rows, i1] * f
+
+
+def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_frames: int = 2,
+                            settings: MixtureSettings | None = None) -> MixtureSeries:
+    """One series of ``n_frames`` square frames with random (or given) settings."""
+    s = settings or draw_settings(rng)
+    sim = StemSimulator(shape=(size, size), scene=s.scene, pitch_px=s.pitch_px, sigma_px=s.sigma_px,
+                        rotation_deg=s.rotation_deg, drift_px_per_frame=0.3, scan_jitter_px=0.0,
+                        seed=s.seed)
+    clean = np.stack([sim.frame(t).clean for t in range(n_frames)]).astype(np.float32)
+    if s.contrast == "haadf":
+        lam = s.background_counts + s.peak_counts * clean
+    else:
+        lam = s.peak_counts * (1 - s.abf_depth * clean) + s.background_counts
+    noisy = np.empty_like(lam)
+    for t in range(n_frames):
+        expected = lam[t]
+        if s.scan_jitter_px > 0:
+            expected = _jitter_rows(expected, rng.normal(0, s.scan_jitter_px, size).clip(-2, 2))
+        f = rng.poisson(np.maximum(expected, 0)).astype(np.float32)
+        if s.read_noise > 0:
+            f += np.float32(s.read_noise) * rng.standard_normal(f.shape, dtype=np.float32)
+        if s.line_noise > 0:
+            f += np.float32(s.line_noise) * rng.standard_normal((size, 1), dtype=np.float32)
+        f = f * np.float32(s.gain) + np.float32(s.offset)
+        if s.clip_at_zero:
+            f = np.maximum(f, 0)
+        noisy[t] = np.rint(f) if s.gain >= 1 else f
+    expected_raw = lam * np.float32(s.gain) + np.float32(s.offset)
+    norm = estimate_scaling(noisy)
+    scale = np.float32(2.0 / (norm.hi - norm.lo))
+    return MixtureSeries(
+        noisy=((noisy - np.float32(norm.lo)) * scale - 1).astype(np.float32),
+        target=((expected_raw - np.float32(norm.lo)) * scale - 1).astype(np.float32),
+        clean=clean, lo=norm.lo, hi=norm.hi, settings=s)
+
+
+class MixtureData:
+    """Training data for ``n2a-train --mixture``: a bank of random series, refreshed as it trains.
+
+    Quacks like :class:`noise2atom.train_data.TrainingData` (``sample``, ``normalisation``,
+    ``fingerprint``, ``counts`` ...). Each step replaces ``refresh`` series of the bank with new
+    draws, so a long run sees thousands of acquisitions. ``normalisation`` is nominal: every
+    series has its own scaling (its lo/hi are in ``fingerprint.meta``'s ranges).
+    """
+
+    def __init__(self, *, n_series: int = 192, size: int = 192, n_frames: int = 2, seed: int = 0,
+                 refresh: int = 1) -> None:
+        from noise2atom.checkpoint import DataFingerprint, Normalisation
+
+        if n_series < 1 or size < 16 or n_frames < 1:
+            raise ValueError(f"need n_series >= 1, size >= 16, n_frames >= 1 (got {n_series}, {size}, {n_frames})")
+        self.size, self.n_frames_per_series, self.refresh = size, n_frames, refresh
+        self._rng = np.random.default_rng([seed, 0x313C])
+        self.bank = [simulate_mixture_series(self._rng, size=size, n_frames=n_frames) for _ in range(n_series)]
+        self.normalisation = Normalisation(lo=-1.0, hi=1.0)  # series are already scaled
+        self.counts = None
+        self.sources = [f"mixture:{n_series}x{n_frames}x{size}x{size}:seed{seed}"]
+        self.frame_shapes = [(size, size)]
+        self.fingerprint = DataFingerprint(
+            sha256=f"mixture-seed{seed}-n{n_series}-f{n_frames}-s{size}", shapes=[[n_series, n_frames, size, size]],
+            sources=self.sources,
+            meta={"simulator": "noise2atom.mixture", "scaling": "estimate_scaling per series (0.1/99.9 percentiles)",
+                  "peak_counts": [0.05, 50.0], "pitch_px": [4.0, 30.0], "contrast": ["haadf", "abf"],
+                  "scenes": ["crystal", "nanoparticle", "mixed"], "gain": [0.5, 2000.0],
+                  "offset": [-2000.0, 20000.0]})
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.bank) * self.n_frames_per_series
+
+    def _refresh(self) -> None:
+        for _ in range(self.refresh):
+            i = int(self._rng.integers(len(self.bank)))
+            self.bank[i] = simulate_mixture_series(self._rng, size=self.size, n_frames=self.n_frames_per_series)
+
+    def sample_pairs(self, batch: int, patch: int, rng: np.random.Generator, *,
+                     flips: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy, target) patches, (batch, 1, patch, patch) float32, unclipped."""
+        self._refresh()
+        x = np.empty((batch, 1, patch, patch), np.float32)
+        y = np.empty_like(x)
+        for i in range(batch):
+            s = self.bank[rng.integers(len(self.bank))]
+            t = rng.integers(len(s.noisy))
+            r, c = rng.integers(self.size - patch + 1), rng.integers(self.size - patch + 1)
+            a, b = s.noisy[t, r:r + patch, c:c + patch], s.target[t, r:r + patch, c:c + patch]
+            if flips and rng.random() < 0.5:
+                a, b = a[::-1], b[::-1]
+            if flips and rng.random() < 0.5:
+                a, b = a[:, ::-1], b[:, ::-1]
+            x[i, 0], y[i, 0] = a, b
+        return x, y
+
+    def sample(self, batch: int, patch: int, rng: np.random.Generator, *,
+               consecutive: bool = False, flips: bool = False) -> np.ndarray:
+        """Noisy patches only (blind-spot training)."""
+        return self.sample_pairs(batch, patch, rng, flips=flips)[0]
+
+    def preview_frame(self, max_side: int = 256) -> np.ndarray:
+        return self.bank[0].noisy[0, :max_side, :max_side]

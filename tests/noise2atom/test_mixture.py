@@ -1,0 +1,81 @@
+"""The random-microscope training mixture, its per-series scaling, and the pitch resampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from noise2atom.checkpoint import load_checkpoint
+from noise2atom.cli import main
+from noise2atom.mixture import MixtureData, draw_settings, simulate_mixture_series
+from noise2atom.scaling import SCALING_PERCENTILES, denoise_resampled, pitch_resample_factor
+from noise2atom.stem_sim import StemSimulator
+
+
+def test_settings_span_the_promised_ranges():
+    rng = np.random.default_rng(1)
+    draws = [draw_settings(rng) for _ in range(400)]
+    peaks = np.array([d.peak_counts for d in draws])
+    pitches = np.array([d.pitch_px for d in draws])
+    assert 0.05 <= peaks.min() < 0.1 and 30 < peaks.max() <= 50
+    assert 4 <= pitches.min() < 5 and 25 < pitches.max() <= 30
+    assert {d.contrast for d in draws} == {"haadf", "abf"}
+    assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed"}
+    assert min(d.offset for d in draws) < 0 < max(d.offset for d in draws)
+
+
+@pytest.mark.parametrize("contrast", ["haadf", "abf"])
+def test_each_series_is_scaled_by_its_own_frames_and_atoms_have_the_right_sign(contrast):
+    rng = np.random.default_rng(2)
+    base = draw_settings(rng)
+    s = simulate_mixture_series(rng, size=96, n_frames=2, settings=type(base)(
+        **{**base.__dict__, "contrast": contrast, "peak_counts": 20.0, "scene": "crystal",
+           "pitch_px": 8.0, "sigma_px": 1.5, "clip_at_zero": False}))
+    lo, hi = np.percentile(s.noisy, SCALING_PERCENTILES)
+    assert lo == pytest.approx(-1, abs=1e-4) and hi == pytest.approx(1, abs=1e-4)
+    r = np.corrcoef(s.target.ravel(), s.clean.ravel())[0, 1]
+    assert (r > 0.95) if contrast == "haadf" else (r < -0.95)
+    # the target is the noise-free expectation: the noisy frames scatter around it
+    assert abs(float((s.noisy - s.target).mean())) < 0.05 * float(np.ptp(s.target))
+
+
+def test_mixture_data_pairs_and_refresh():
+    data = MixtureData(n_series=3, size=48, n_frames=2, seed=0)
+    before = [b.settings.seed for b in data.bank]
+    x, y = data.sample_pairs(5, 32, np.random.default_rng(0))
+    assert x.shape == y.shape == (5, 1, 32, 32) and x.dtype == np.float32
+    assert float(np.var(x - y)) > 0  # noisy input, noise-free target
+    for _ in range(6):
+        data.sample_pairs(1, 32, np.random.default_rng(0))
+    assert [b.settings.seed for b in data.bank] != before  # the bank is refreshed as it trains
+
+
+def test_supervised_mixture_training_writes_a_checkpoint(capsys, tmp_path):
+    out = tmp_path / "mix.safetensors"
+    rc = main(["--mixture", "--method", "supervised", "--mixture-series", "4", "--sim-size", "64",
+               "--patch", "32", "--batch", "2", "--iterations", "3", "--quiet", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.method == "supervised" and ckpt.config.iteration == 3
+    assert ckpt.config.data.meta["simulator"] == "noise2atom.mixture"
+
+
+def test_supervised_needs_a_truth(capsys, tmp_path):
+    p = tmp_path / "f.npy"
+    np.save(p, np.random.default_rng(0).poisson(2, (2, 64, 64)).astype(np.uint16))
+    rc = main([str(p), "--method", "supervised", "--iterations", "1", "--patch", "32",
+               "--out", str(tmp_path / "m.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs training data with a truth" in err
+
+
+def test_pitch_resample_only_above_the_models_range():
+    coarse = StemSimulator(shape=(384, 384), scene="crystal", pitch_px=48, sigma_px=8, peak_counts=5,
+                           rotation_deg=10, seed=3).frame(0).noisy
+    fine = StemSimulator(shape=(256, 256), scene="crystal", pitch_px=8, sigma_px=1.6, peak_counts=5,
+                         seed=3).frame(0).noisy
+    assert pitch_resample_factor(coarse) == pytest.approx(12 / 48, rel=0.1)
+    assert pitch_resample_factor(fine) == 1.0
+    seen = []
+    out = denoise_resampled(lambda im: seen.append(im.shape) or im, coarse.astype(np.float32), 0.25)
+    assert seen == [(96, 96)] and out.shape == coarse.shape
+    assert np.corrcoef(out.ravel(), coarse.astype(np.float32).ravel())[0, 1] > 0.5
