@@ -95,6 +95,23 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--denoise-delay-ms", type=float, default=0.0,
                      help="diagnostic: add this delay per frame after the engine (tests the drop "
                           "policy with a slow engine)")
+    lrn = p.add_argument_group("learning while streaming")
+    lrn.add_argument("--learn", dest="learn", action="store_true", default=None,
+                     help="fine-tune the model on the series' own frames (blind-spot loss) and "
+                     "swap it in between two frames when its held-out loss improves (default: on "
+                     "with a CUDA GPU, off on a CPU)")
+    lrn.add_argument("--no-learn", dest="learn", action="store_false")
+    lrn.add_argument("--learn-save", type=Path, metavar="PATH",
+                     help="write the adapted checkpoint (with the series' acquisition meta) here "
+                     "on exit and on SIGUSR1")
+    lrn.add_argument("--learn-threads", type=_positive_int, default=1,
+                     help="torch threads for learning (1: inference keeps priority on a CPU)")
+    lrn.add_argument("--learn-ring", type=_positive_int, default=24,
+                     help="recent frames kept for learning (every 4th held out for scoring)")
+    lrn.add_argument("--learn-steps", type=_positive_int, default=30,
+                     help="optimiser steps between two swap attempts")
+    lrn.add_argument("--learn-keep-model", action="store_true",
+                     help="a new series keeps the adapted model (default: back to the start model)")
     sec = p.add_argument_group("security")
     sec.add_argument("--curve-keys", type=Path, metavar="DIR",
                      help="CURVE-encrypt and authenticate both sockets: the input with the keys in "
@@ -138,18 +155,42 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> A
         parser.error(f"--model: no such checkpoint file (got {args.model})")
     if args.curve_keys is not None and not args.curve_keys.is_dir():
         parser.error(f"--curve-keys: expected a directory of zmq.auth keys (got {args.curve_keys})")
+    learn = args.learn
+    if learn is None:
+        from engines import cuda_available
+        learn = cuda_available() and (args.device is None or args.device.startswith("cuda"))
+    if args.learn_save is not None and not learn:
+        parser.error(f"--learn-save needs --learn (got --learn-save {args.learn_save} without it)")
     try:
+        from .learner import LearnConfig
+        learn_config = LearnConfig(threads=args.learn_threads, ring=args.learn_ring,
+                                   steps_per_round=args.learn_steps, save=args.learn_save,
+                                   revert_on_new_series=not args.learn_keep_model) if learn else None
         return StreamConfig(
             source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
             policy=args.policy, with_raw=args.with_raw, model=args.model, engine=args.engine,
             device=args.device, css_window=args.css_window, css=args.css, max_queue=args.max_queue,
             record=args.record, max_frame_bytes=args.max_frame_bytes, buffer_mb=args.buffer_mb,
             max_engine_failures=args.max_engine_failures,
-            curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms)
+            curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms, learn=learn_config)
     except ValidationError as e:
         msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}"
                          for err in e.errors())
         parser.error(msgs)
+
+
+def _save_learned(stream: Any, config: Any) -> None:
+    """SIGUSR1: write the adapted checkpoint now (``--learn-save``)."""
+    if stream.learner is None or config.learn.save is None:
+        print("n2a-stream: SIGUSR1 ignored: no --learn-save PATH", file=sys.stderr, flush=True)
+        return
+    try:
+        saved = stream.learner.save(config.learn.save)
+    except OSError as e:
+        print(f"n2a-stream: cannot write {config.learn.save}: {e}", file=sys.stderr, flush=True)
+        return
+    print(f"n2a-stream: adapted model written to {saved}" if saved else
+          "n2a-stream: no adapted model yet (no swap so far)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    save_now = threading.Event()
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: save_now.set())
     stream = Stream(config=config)
     try:
         stream.start()
@@ -187,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.is_set():
             stop.wait(0.1)
             stream.maybe_raise()
+            if save_now.is_set():
+                save_now.clear()
+                _save_learned(stream, config)
             now = time.monotonic()
             if args.status_interval > 0 and now >= next_status:
                 print(stream.status_line(), file=sys.stderr, flush=True)

@@ -37,6 +37,7 @@ from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
 from .stats import RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, Receiver, SeriesState
+from .learner import LearnConfig, Learner
 from .worker import Worker
 
 __all__ = ["Denoiser", "EngineFailedError", "Stream", "StreamConfig", "socket_hwm"]
@@ -118,6 +119,8 @@ class StreamConfig(BaseModel):
                     "'slow' to exercise the input high-water mark)")
     drain_timeout_s: float = Field(default=10.0, ge=0, description="how long stop() waits for "
                                    "queued frames to be denoised before counting them dropped")
+    learn: LearnConfig | None = Field(default=None, description="learn while streaming: "
+                                      "fine-tune the model on the series and swap it in (None: off)")
 
     @model_validator(mode="after")
     def _check(self) -> StreamConfig:
@@ -139,7 +142,7 @@ class Denoiser(Worker):
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
                  input_done: threading.Event, stop_event: threading.Event,
                  failed: threading.Event, delay_s: float = 0.0, max_failures: int = 50,
-                 engine_name: str = "engine") -> None:
+                 engine_name: str = "engine", model_id: str = "", learner: Learner | None = None) -> None:
         super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
         self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
         self.input_done, self.delay_s = input_done, delay_s
@@ -148,6 +151,9 @@ class Denoiser(Worker):
         self.rlog = RateLimitedLog(log, interval_s=1.0)
         self.norm = engine.config.normalisation  # replaced by each series' own scaling
         self._scaled_series: SeriesState | None = None
+        self.model_id, self.learner = model_id, learner
+        self._learn_key: tuple | None = None
+        self._learn_meta: Any = None
 
     def _put(self, item: Any, marker: bool = False) -> bool:
         while True:
@@ -205,9 +211,29 @@ class Denoiser(Worker):
         t3 = time.perf_counter_ns()
         den = np.asarray(self.norm.from_model(y), dtype=np.float32)
         t4 = time.perf_counter_ns()
-        return OutFrame(item=item, denoised=den, scaling=self.norm,
+        if self.learner is not None:
+            self._offer(item, x[0])
+        return OutFrame(item=item, denoised=den, scaling=self.norm, model_id=self.model_id,
                         timing={"queue": queue_ns, "normalise": (t1 - t0) + (t4 - t3),
                                 "denoise": t3 - t1})
+
+    def _offer(self, item: InFrame, x: np.ndarray) -> None:
+        """Give the learner the frame as the model saw it (a new series or settings: a new ring)."""
+        meta = item.series.meta
+        if meta is not self._learn_meta or self._learn_key is None or self._learn_key[0] != item.series.name:
+            self._learn_meta = meta
+            self._learn_key = (item.series.name, item.raw.shape, json.dumps(meta, sort_keys=True, default=str))
+        self.learner.offer(self._learn_key, x, meta)
+
+    def _maybe_swap(self) -> None:
+        """Between two frames: take the learner's new engine, if one is ready."""
+        swap = self.learner.take_swap() if self.learner is not None else None
+        if swap is None:
+            return
+        old, self.engine, self.model_id = self.engine, swap.engine, swap.model_id
+        self.stats.counts.add("model_swaps")
+        log.info("n2a-stream: now denoising with model %s (%s)", swap.model_id, swap.reason)
+        old.__exit__(None, None, None)
 
     def work(self) -> None:
         while not self.stop_event.is_set():
@@ -220,6 +246,7 @@ class Denoiser(Worker):
                 if not self._put(item, marker=True):
                     return
                 continue
+            self._maybe_swap()
             out = self.process(item)
             if out is not None and not self._put(out):
                 return
@@ -242,6 +269,8 @@ class Stream:
         self.context: zmq.Context | None = None
         self.engine = None
         self.recorder = None
+        self.learner: Learner | None = None
+        self.learn_stop = threading.Event()
         self._auth = None
         self._in_sock = self._out_sock = self._monitor = None
         self._threads: list[Worker] = []
@@ -308,6 +337,8 @@ class Stream:
         cfg = self.config
         try:
             self._open_engine()
+            if cfg.learn is not None:
+                self._make_learner()
             if cfg.record is not None:
                 from .recorder import Recorder
                 self.recorder = Recorder(cfg.record)
@@ -382,13 +413,15 @@ class Stream:
         denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
                             failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
-                            max_failures=cfg.max_engine_failures, engine_name=self.engine_name)
+                            max_failures=cfg.max_engine_failures, engine_name=self.engine_name,
+                            model_id=self.model_id, learner=self.learner)
         publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
                               stop_event=self.publish_stop, failed=self.failed,
                               make_css=make_css if cfg.css else None, make_guard=make_guard,
                               engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
-                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for)
+                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for,
+                              learner=self.learner)
         # Connect last: a PUB source may start sending as soon as we subscribe.
         try:
             self._in_sock.connect(cfg.source)
@@ -400,7 +433,60 @@ class Stream:
         self._t_start = time.monotonic()
         for t in self._threads:
             t.start()
+        if self.learner is not None:
+            self.learner.start()
         return self
+
+    def _make_learner(self) -> None:
+        """The learner of ``--learn``: same back end and device as the stream's engine."""
+        import tempfile
+
+        from engines import open_engine
+        from noise2atom.checkpoint import default_model_path
+
+        kwargs = {"backend": self.config.engine}
+        if self.config.device is not None:
+            kwargs["device"] = self.config.device
+
+        def open_warm(path: Path) -> Any:
+            engine = open_engine(path, **kwargs).__enter__()
+            try:
+                engine.infer(np.zeros((1, 64, 64), np.float32))  # pay lazy set-up off the hot path
+            except BaseException:
+                engine.__exit__(None, None, None)
+                raise
+            return engine
+
+        self._learn_dir = Path(tempfile.mkdtemp(prefix="n2a-learn-"))
+        self.learner = Learner(checkpoint=Path(self.config.model or default_model_path()),
+                               open_engine=open_warm, config=self.config.learn,
+                               workdir=self._learn_dir, stop_event=self.learn_stop)
+        self.learner.set_deployed_id(self.model_id)
+
+    def _stop_learner(self, timeout: float) -> None:
+        """Stop learning, write ``--learn-save``, close an engine that was never swapped in."""
+        import shutil
+
+        learner = self.learner
+        self.learn_stop.set()
+        if learner.is_alive():
+            learner.join(timeout)
+        if learner.is_alive():
+            log.warning("n2a-stream: the learner did not stop within %.0f s", timeout)
+            return
+        pending = learner.take_swap()
+        if pending is not None:
+            pending.engine.__exit__(None, None, None)
+        if self.config.learn.save is not None:
+            try:
+                saved = learner.save(self.config.learn.save)
+                log.info("n2a-stream: adapted model written to %s", saved) if saved else log.info(
+                    "n2a-stream: the learner never swapped: nothing written to %s",
+                    self.config.learn.save)
+            except OSError as e:
+                log.error("n2a-stream: cannot write the adapted model to %s (%s)",
+                          self.config.learn.save, e)
+        shutil.rmtree(self._learn_dir, ignore_errors=True)
 
     def maybe_raise(self) -> None:
         """Raise the first stage error, if any (call this every tick)."""
@@ -446,9 +532,13 @@ class Stream:
                 left = [i for i in self.outq.drain() if isinstance(i, OutFrame)]
                 if left:
                     self.stats.counts.add("dropped_at_stop", len(left))
+                self.engine = denoiser.engine  # the learner may have swapped it: close that one
+            if self.learner is not None:
+                self._stop_learner(max(1.0, deadline - time.monotonic()))
         except TimeoutError as e:
             errors.append(e)
-            for ev in (self.stop_input, self.input_done, self.denoise_stop, self.publish_stop):
+            for ev in (self.stop_input, self.input_done, self.denoise_stop, self.publish_stop,
+                       self.learn_stop):
                 ev.set()
         self._t_stop = time.monotonic()
         if self.recorder is not None and not any(t.is_alive() for t in self._threads):
@@ -523,6 +613,8 @@ class Stream:
             line += f" | META MISMATCH: {', '.join(s['meta_mismatch'])}"
         if s["flags"]:
             line += f" | FLAGS: {', '.join(s['flags'])}"
+        if self.learner is not None:
+            line += f" | {self._learn_text()}"
         return line
 
     def summary(self) -> dict[str, Any]:
@@ -547,7 +639,28 @@ class Stream:
             "not_recorded": self.recorder.not_recorded() if self.recorder is not None else None,
             "recording_error": self.recorder.error if self.recorder is not None else None,
             "flagged_frames": self.publisher.flag_counts.snapshot() if self._threads else {},
+            "learn": self._learn_summary(),
         }
+
+    def _learn_summary(self) -> dict[str, Any] | None:
+        if self.learner is None:
+            return None
+        st = dict(self.learner.status(), model=self.model_now, last_error=self.learner.last_error)
+        return st
+
+    @property
+    def model_now(self) -> str:
+        """The id of the model denoising now (the learner swaps it)."""
+        return self._threads[1].model_id if self._threads else self.model_id
+
+    def _learn_text(self) -> str:
+        st = self.learner.status()
+        loss = "-" if st["heldout_loss"] is None else f"{st['heldout_loss']:.4g}"
+        text = (f"learn {st['state']}: {st['iterations']} it, {st['swaps']} swaps, "
+                f"held-out loss {loss}, ring {st['ring']}+{st['heldout']}")
+        if st["errors"]:
+            text += f", {st['errors']} errors"
+        return text
 
     def summary_text(self, summary: dict[str, Any] | None = None) -> str:
         """The summary as a few human lines plus one JSON line (``n2a-stream summary: {...}``)."""
@@ -572,6 +685,12 @@ class Stream:
                             f"{s['recorded']}, not recorded {s['not_recorded']}")
         elif s.get("recorded") is not None:
             lines.insert(2, f"n2a-stream: recorded {s['recorded']}")
+        if s.get("learn"):
+            lr = s["learn"]
+            lines.insert(2, f"n2a-stream: learner: {lr['swaps']} swaps ({lr['rollbacks']} rolled "
+                            f"back), {lr['iterations']} iterations, last held-out loss "
+                            f"{lr['heldout_loss']}, {lr['errors']} errors; last model {lr['model']}"
+                            + (f"; last error: {lr['last_error']}" if lr.get("last_error") else ""))
         if s.get("flagged_frames"):
             what = ", ".join(f"{k} on {n}/{s['published']} frames" for k, n in s["flagged_frames"].items())
             lines.insert(2, f"n2a-stream: warning: fidelity guard flags: {what}")

@@ -110,6 +110,7 @@ OUTPUT_FIELDS: dict[str, tuple[type, ...]] = {
     "gaps": (int,),
     "meta_mismatch": (list,),
     "flags": (list,),
+    "learn": (dict,),
 }
 
 

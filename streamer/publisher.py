@@ -45,6 +45,7 @@ class OutFrame:
     denoised: np.ndarray  # float32 in [0, 1]
     timing: dict[str, int] = field(default_factory=dict)
     scaling: Any = None  # the series' input scaling (noise2atom Normalisation) the denoiser used
+    model_id: str | None = None  # the model that made this frame (changes when the learner swaps)
 
 
 class Publisher(Worker):
@@ -82,7 +83,7 @@ class Publisher(Worker):
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
                  stop_event: threading.Event, failed: threading.Event, make_css: Any,
                  engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
-                 make_guard: Any = None, hwm_for: Any = None) -> None:
+                 make_guard: Any = None, hwm_for: Any = None, learner: Any = None) -> None:
         super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
@@ -90,6 +91,7 @@ class Publisher(Worker):
         self.flag_counts = Counters()  # frames published with each guard flag
         self.with_raw, self.recorder, self.hwm_for = with_raw, recorder, hwm_for
         self.sndhwm = socket.sndhwm
+        self.learner = learner  # told each frame's flags (it rolls a bad swap back)
         self.subscriptions = 0
         self._series: SeriesState | None = None
         self._css = None
@@ -157,11 +159,14 @@ class Publisher(Worker):
         timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0, guard=t_guard - t1)
         counts = self.stats.counts
         fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
-                      engine=self.engine_name, model=self.model_id,
+                      engine=self.engine_name, model=out.model_id or self.model_id,
                       dropped=counts.get("dropped") + counts.get("dropped_input"),
                       gaps=counts.get("gaps"),
                       rejected=self.stats.rejected.total(),
                       meta_mismatch=list(item.series.mismatch), flags=flags)
+        if self.learner is not None:
+            self.learner.observe(fields["model"], flags)
+            fields["learn"] = self.learner.status()
         now = time.time_ns()
         timing["receive_to_publish"] = now - item.t_recv_ns
         timing["acq_to_publish"] = now - item.t_acq_ns
