@@ -170,12 +170,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         sb = self.statusBar()
         self.status_labels: dict[str, QtWidgets.QLabel] = {}
         for key in ("state", "series", "frame", "fps", "latency", "dropped", "gaps", "skips",
-                    "errors", "engine", "mismatch", "flags"):
+                    "errors", "engine", "learn", "mismatch", "flags"):
             label = QtWidgets.QLabel("")
             label.setObjectName(f"status-{key}")
             self.status_labels[key] = label
-            sb.addPermanentWidget(label) if key in ("engine", "mismatch", "flags") else sb.addWidget(label)
+            sb.addPermanentWidget(label) if key in ("engine", "learn", "mismatch", "flags") else sb.addWidget(label)
         self.status_labels["mismatch"].hide()
+        self.status_labels["learn"].hide()
         self.status_labels["flags"].hide()
 
     # ------------------------------------------------------------------------------- actions
@@ -343,6 +344,17 @@ class ViewerWindow(QtWidgets.QMainWindow):
         _set_warn(lab["dropped"], f"dropped {dropped}", dropped > 0)
         _set_warn(lab["gaps"], f"gaps {gaps}", gaps > 0)
         lab["engine"].setText(f"{_describe_engine(h.get('engine'))} · {h.get('model') or 'no model'}")
+        learn = h.get("learn")
+        if isinstance(learn, dict):  # n2a-stream --learn: what the learner is doing
+            loss = learn.get("heldout_loss")
+            lab["learn"].setText(f"learn {learn.get('state', '?')}: {learn.get('swaps', 0)} swaps, "
+                                 f"loss {'-' if loss is None else format(loss, '.4g')}")
+            lab["learn"].setToolTip("n2a-stream fine-tunes the model on this series and swaps it "
+                                    "in when its held-out loss improves; the model id changes with "
+                                    "each swap.")
+            lab["learn"].show()
+        else:
+            lab["learn"].hide()
         mismatch = h.get("meta_mismatch") or []
         if mismatch:
             _set_warn(lab["mismatch"], "meta mismatch: " + ", ".join(map(str, mismatch)), True)
