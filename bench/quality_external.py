@@ -302,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--grid", type=Path, default=ROOT / "docs" / "quality-grid-real.png")
     p.add_argument("--data", type=Path, default=SHARED_DATA)
+    p.add_argument("--rerender", action="store_true", help="rewrite the .md from --out's .json only")
     args = p.parse_args(argv)
+    if args.rerender:
+        from bench.quality_external_report import render
+
+        r = json.loads((args.out / "quality-external.json").read_text())
+        (args.out / "quality-external.md").write_text(render(r, grid=args.grid))
+        return 0
     if args.quick:
         args.doses, args.frames, args.crop, args.score_frames = [0.1, 1.0], 4, 64, 2
         args.fit_minutes = min(args.fit_minutes, 0.1)

@@ -67,8 +67,9 @@ def render(r: dict, grid: Path) -> str:
         "found on the noise-free image), tolerance a quarter of the nearest column spacing, edge excluded.",
         "",
     ]
+    fields = _abtem_fields()
     for name, t in r["tables"].items():
-        lines += [f"## {name}", "", t["about"], ""]
+        lines += [f"## {name}", "", t["about"] + _field_note(name, fields), ""]
         for metric, title, digits in (("ssim", "SSIM to truth", 3), ("psnr_db", "PSNR to truth (dB)", 1),
                                       ("f1", "atom F1", 3)):
             lines += [f"**{title}** (columns: mean counts/px)" if not name.startswith("tk_") else f"**{title}**",
@@ -91,6 +92,27 @@ def render(r: dict, grid: Path) -> str:
     if fits:
         lines += ["", "Fitted on the image (its four quadrants as the training frames): " + "; ".join(fits) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _abtem_fields() -> dict:
+    from bench.external_data import abtem_fields
+
+    return abtem_fields()
+
+
+def _field_note(table: str, fields: dict) -> str:
+    """Simulation parameters and the brightest column's counts per unit of mean dose."""
+    d = fields.get(table.removeprefix("abTEM "))
+    if d is None:
+        return ""
+    p, f = d["params"], d["field"]
+    return (f". abTEM {p['abtem']}, {p['energy_eV'] / 1e3:g} kV, {p['semiangle_mrad']:g} mrad probe, HAADF "
+            f"{p['detector_mrad'][0]:g}–{p['detector_mrad'][1]:g} mrad, PRISM interpolation "
+            f"{p['prism_interpolation']}, {p['frozen_phonon_configs']} frozen-phonon configuration, potential "
+            f"grid {p['potential_sampling_A']:g} Å, {p['scan_sampling_A'][0]:.3f} Å/px, field "
+            f"{f.shape[0]}×{f.shape[1]} (`bench/data/`, {p['seconds'] / 60:.0f} min wall clock, one thread on the shared machine). "
+            f"The brightest pixel gets {f.max() / f.mean():.0f}× the mean dose: at 0.1 counts/px mean, about "
+            f"{0.1 * f.max() / f.mean():.1f} counts at the brightest column's peak.")
 
 
 def _show(a: np.ndarray) -> np.ndarray:
