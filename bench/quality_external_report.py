@@ -52,7 +52,8 @@ def render(r: dict, grid: Path) -> str:
         "scaling from each series itself (`noise2atom.scaling.estimate_scaling` over the series' frames, or "
         "the one image), through `engines.open_engine` with ONNX Runtime on CPU.",
         f"- Series: {r['frames']} frames each ({r['crop']}² for abTEM, {2 * r['crop']}² crops for temul MoS2 and "
-        f"tk_r_em; the last {r['score_frames']} scored, the models' input scaling from all), sub-pixel drift between frames (shift + crop), independent "
+        f"tk_r_em; the last {r['score_frames']} scored, the models' input scaling from all), sub-pixel "
+        "drift between frames (shift + crop), independent "
         f"Poisson noise per frame at a mean of {', '.join(f'{d:g}' for d in r['doses'])} counts/px.",
         "- SSIM / PSNR: each output is put on the truth's scale (truth min-max to [0, 1]) by a least-squares "
         "affine fit, then compared (SSIM Gaussian window σ 1.5, data range 1); mean over the frames.",
@@ -82,7 +83,8 @@ def render(r: dict, grid: Path) -> str:
     lines += ["## Real images (no truth)", "",
               "Not-flat checks: `corr` = correlation of the output with the raw image smoothed by a Gaussian of "
               "σ 1 px; `rel std` = the output's std over that smoothed raw's std, both in raw units (a flat output "
-              "gives about 0; a denoiser that removes the noise left after σ 1 smoothing gives a little under 1). Gaussian σ fixed at 1.5 px (no truth to search).", "",
+              "gives about 0; a denoiser that removes the noise left after σ 1 smoothing gives a little under 1). "
+              "Gaussian σ fixed at 1.5 px (no truth to search).", "",
               f"![real images: raw, Gaussian, bundled model, model fitted on the image]({rel_grid})", "",
               "| image | method | corr | rel std |", "|---|---|---:|---:|"]
     for row in r["real"]:
@@ -110,7 +112,8 @@ def _field_note(table: str, fields: dict) -> str:
             f"{p['detector_mrad'][0]:g}–{p['detector_mrad'][1]:g} mrad, PRISM interpolation "
             f"{p['prism_interpolation']}, {p['frozen_phonon_configs']} frozen-phonon configuration, potential "
             f"grid {p['potential_sampling_A']:g} Å, {p['scan_sampling_A'][0]:.3f} Å/px, field "
-            f"{f.shape[0]}×{f.shape[1]} (`bench/data/`, {p['seconds'] / 60:.0f} min wall clock, one thread on the shared machine). "
+            f"{f.shape[0]}×{f.shape[1]} (`bench/data/`, {p['seconds'] / 60:.0f} min wall clock, "
+            "one thread on the shared machine). "
             f"The brightest pixel gets {f.max() / f.mean():.0f}× the mean dose: at 0.1 counts/px mean, about "
             f"{0.1 * f.max() / f.mean():.1f} counts at the brightest column's peak.")
 
