@@ -140,7 +140,14 @@ class ModelDenoiser:
         def f(frame: np.ndarray) -> np.ndarray:
             y = engine.infer(scaling.to_model(np.asarray(frame))[None])[0]
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
-        return f
+        try:  # where the product resamples oversampled lattices to the model's pitch, do the same
+            from noise2atom.scaling import denoise_resampled, pitch_resample_factor
+        except ImportError:
+            return f
+        factor = pitch_resample_factor(np.asarray(frames))
+        if factor >= 1.0:
+            return f
+        return lambda frame: denoise_resampled(f, frame, factor)
 
 
 def fit_model(frames: np.ndarray, out: Path, *, minutes: float, gain: float | None, offset: float,
