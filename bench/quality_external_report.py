@@ -154,3 +154,6 @@ def save_real_grid(panels: list[tuple[str, dict]], path: Path, crop: int = 256) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(path).convert("L").save(path, optimize=True)  # grey images: a third of the RGBA size
