@@ -33,6 +33,7 @@ bench-latency: $(BIN)/.installed
 
 bench-quality: $(BIN)/.installed
 	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.quality_external
 
 bench-viewer: $(BIN)/.installed
 	$(BIN)/python -m bench.viewer
