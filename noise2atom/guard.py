@@ -68,6 +68,9 @@ FLAT_FRACTION = 0.05
 RESIDUAL_FRACTION = 0.3
 #: Dose further than this factor from the training dose is out of range.
 DOSE_FACTOR = 8.0
+#: For a model trained on a range of doses: further than this factor outside the range (1: the
+#: mean-variance span under-reads high doses: 50 counts at a peak read ~34, 2,000 read ~90).
+RANGE_FACTOR = 1.0
 
 
 def _noise_var(rows: np.ndarray) -> float:
@@ -119,6 +122,8 @@ class TrainingRange:
 
     normalisation: Normalisation
     counts_span: float | None = None
+    #: (min, max) counts at an atom's peak of a model trained on a range of doses (the mixture)
+    counts_range: tuple[float, float] | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> TrainingRange:
@@ -129,7 +134,12 @@ class TrainingRange:
         span = None
         if isinstance(gain, (int, float)) and gain > 0:
             span = float((norm.hi - norm.lo) / gain)
-        return cls(normalisation=norm, counts_span=span)
+        peaks = meta.get("peak_counts")  # a mixture model: the doses it was trained on
+        counts_range = None
+        if (isinstance(peaks, (list, tuple)) and len(peaks) == 2
+                and all(isinstance(v, (int, float)) and v > 0 for v in peaks)):
+            counts_range = (float(min(peaks)), float(max(peaks)))
+        return cls(normalisation=norm, counts_span=span, counts_range=counts_range)
 
 
 @dataclass
@@ -177,6 +187,10 @@ class FidelityGuard:
         self.report.counts_span = span
         ref = self.reference.counts_span if self.reference is not None else None
         if span is not None and ref is not None and not (ref / DOSE_FACTOR <= span <= ref * DOSE_FACTOR):
+            return ["out_of_training_range"]
+        rng = self.reference.counts_range if self.reference is not None else None
+        if span is not None and rng is not None and not (
+                rng[0] / RANGE_FACTOR <= span <= rng[1] * RANGE_FACTOR):
             return ["out_of_training_range"]
         return []
 

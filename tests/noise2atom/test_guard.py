@@ -96,3 +96,16 @@ def test_window_grid_is_stratified_and_fixed_per_shape():
     assert g1.rows[0] < 5 + 502 / 32 and g1.rows[-1] >= 512 - 6 - 502 / 32
     # not one stride: the offsets within the stripes vary (no aliasing with a lattice)
     assert len(set(np.diff(g1.rows))) > 3
+
+
+def test_a_mixture_model_is_out_of_range_beyond_its_training_doses():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(normalisation=Normalisation(lo=-1, hi=1),
+                             meta={"peak_counts": [0.05, 50.0], "simulator": "noise2atom.mixture"})
+    ref = TrainingRange.from_config(config)
+    assert ref.counts_range == (0.05, 50.0) and ref.counts_span is None
+    for peak, expected in ((0.4, []), (10.0, []), (2000.0, ["out_of_training_range"])):
+        f = _frame(peak)
+        s = estimate_scaling(f.noisy)
+        assert FidelityGuard(s, dtype=np.uint16, reference=ref).check(f.noisy, f.clean) == expected, peak
