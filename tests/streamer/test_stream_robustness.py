@@ -245,14 +245,19 @@ def test_recording_survives_sigkill_up_to_the_last_flush(tmp_path):
 
 def test_the_publishing_example_in_docs_protocol_md_feeds_n2a_stream(zmq_ctx, lite_model,
                                                                         free_port):
-    """The 10-line example of docs/protocol.md, run as written (port, size, context swapped)."""
+    """The 10-line example of docs/protocol.md, run as written (port, size, context swapped, and
+    a wait for the subscriber instead of its sleep)."""
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     code = doc.split("## Publishing from Python in ten lines", 1)[1].split("```python", 1)[1]
     code = code.split("```", 1)[0]
+    # The example's `time.sleep(0.5)` hopes n2a-stream has subscribed by then; a loaded CI machine
+    # can take longer, so here the socket is an XPUB and waits for the subscription instead.
     for old, new in (("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{free_port}"),
-                     ("(512, 512)", "(64, 64)"), ("zmq.Context.instance()", "ctx")):
+                     ("(512, 512)", "(64, 64)"), ("zmq.Context.instance()", "ctx"),
+                     ("socket(zmq.PUB)", "socket(zmq.XPUB)"),
+                     ("time.sleep(0.5)", "sock.poll(60_000) and sock.recv()")):
         assert old in code, f"docs/protocol.md example changed: {old!r} not found"
         code = code.replace(old, new)
     stream = Stream(source=f"tcp://127.0.0.1:{free_port}", model=lite_model,
