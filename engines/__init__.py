@@ -10,12 +10,13 @@ is opened.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .base import BackendUnavailableError, Engine, EngineBuildError, EngineError, Precision, check_batch
 
 
 __all__ = [
+    "Availability",
     "BACKENDS",
     "BackendUnavailableError",
     "Engine",
@@ -52,8 +53,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def tensorrt_available() -> tuple[bool, str]:
-    """(True, "") when TensorRT and cuda-python import, else (False, what is missing and where to get it)."""
+class Availability(NamedTuple):
+    """Whether a back end can be used, and if not, why; true only when it can.
+
+    A plain ``(ok, why)`` tuple is always true, so ``if not tensorrt_available():`` never fired;
+    this one is as true as ``ok`` and still unpacks as ``ok, why = ...``.
+
+    >>> bool(Availability(False, "no tensorrt")), bool(Availability(True, ""))
+    (False, True)
+    """
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return bool(self.ok)
+
+
+def tensorrt_available() -> Availability:
+    """``Availability(True, "")`` when TensorRT and cuda-python import, else what is missing."""
     from .select import TENSORRT_INSTALL
     from .tensorrt import import_tensorrt
 
@@ -61,8 +79,9 @@ def tensorrt_available() -> tuple[bool, str]:
         import_tensorrt()
     except BackendUnavailableError as e:
         cause = e.__cause__ if e.__cause__ is not None else e  # the import error itself
-        return False, f"tensorrt back end needs TensorRT >= 10 and cuda-python ({TENSORRT_INSTALL}) (got: {cause})"
-    return True, ""
+        return Availability(False, f"tensorrt back end needs TensorRT >= 10 and cuda-python "
+                                   f"({TENSORRT_INSTALL}) (got: {cause})")
+    return Availability(True, "")
 
 
 def open_engine(

@@ -223,9 +223,11 @@ class Replay:
                 tracker = None
             if tracker is not None:
                 try:
-                    tracker.wait(1.0)
+                    # 1 s was not enough on a loaded machine: the end was lost, and
+                    # `n2a-stream --exit-on-end` (the demo) never ended.
+                    tracker.wait(10.0)
                 except zmq.NotDone:
-                    log.warning("n2a-replay: the end message was not sent within 1 s")
+                    log.warning("n2a-replay: the end message was not sent within 10 s")
         return self.sent
 
     # -- thread use (tests, benchmarks) -------------------------------------------------------
@@ -269,7 +271,9 @@ class Replay:
             if self._thread.is_alive():
                 raise TimeoutError(f"n2a-replay thread did not stop within {timeout} s")
         if self.socket is not None:
-            self.socket.close(0)
+            # A short, bounded linger: what is still queued (the end) goes out to a connected
+            # subscriber; with none connected a PUB has nothing queued and closes at once.
+            self.socket.close(linger=2000)
             self.socket = None
         if self._auth is not None:
             self._auth.stop()

@@ -110,8 +110,37 @@ def test_unreadable_input_and_bad_model(raw_tiff, tmp_path, capsys, lite_checkpo
     broken.write_bytes(b"\x00" * 100)
     assert main([str(raw_tiff), "--model", str(broken), "--out", str(tmp_path / "o.tif"), "--quiet"]) == 2
     assert "not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def _tensorrt_and_gpu_present() -> bool:
+    """Looked up independently of `engines`, so the expectation below does not come from the code
+    under test."""
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def test_tensorrt_engine_without_tensorrt_or_gpu_is_a_clear_error(raw_tiff, tmp_path, capsys,
+                                                                   lite_checkpoint):
+    if _tensorrt_and_gpu_present():
+        pytest.skip("TensorRT and a GPU are present (test_tensorrt_engine_denoises_on_a_gpu runs)")
     assert main([str(raw_tiff), "--model", str(lite_checkpoint), "--out", str(tmp_path / "o.tif"),
-                 "--engine", "tensorrt", "--quiet"]) == (0 if engines.tensorrt_available()[0] else 2)
+                 "--engine", "tensorrt", "--quiet"]) == 2
+    assert "tensorrt back end needs" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_denoises_on_a_gpu(raw_tiff, tmp_path, lite_checkpoint):
+    ok, why = engines.tensorrt_available()
+    if not ok:
+        pytest.skip(why)
+    out = tmp_path / "o.tif"
+    assert main([str(raw_tiff), "--model", str(lite_checkpoint), "--out", str(out), "--engine",
+                 "tensorrt", "--quiet"]) == 0
+    assert _read(out)[0].shape == _read(raw_tiff)[0].shape
 
 
 def test_without_model_uses_the_default_or_says_it_is_missing(raw_tiff, tmp_path, monkeypatch, capsys):

@@ -82,6 +82,18 @@ def test_describe_names_backend_device_precision_model(lite_checkpoint):
     assert engine.config.size == "lite" and engine.config.normalisation.hi == 900.0
 
 
+def test_tensorrt_available_is_false_when_it_is_not():
+    """`if not engines.tensorrt_available():` must skip where TensorRT is missing (a bare
+    ``(False, why)`` tuple is true, so such checks never fired)."""
+    availability = engines.tensorrt_available()
+    ok, why = availability
+    assert bool(availability) is ok and availability.reason == why
+    assert (why == "") is ok
+    if not ok:
+        assert "tensorrt back end needs" in why
+    assert not engines.Availability(False, "missing") and engines.Availability(True, "")
+
+
 def test_tensorrt_requested_without_it_names_nvidias_index(lite_checkpoint):
     ok, _ = engines.tensorrt_available()
     if ok and engines.cuda_available():

@@ -49,8 +49,9 @@ def test_checkpoint_of_each_method_runs_through_the_cpu_engines(trained, method)
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", METHODS)
 def test_checkpoint_of_each_method_runs_through_tensorrt(trained, method):
-    if not engines.tensorrt_available():
-        pytest.skip("TensorRT is not installed (pip install n2a[gpu])")
+    ok, why = engines.tensorrt_available()
+    if not ok:
+        pytest.skip(why)
     frames = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64)).astype(np.float32)
     with engines.open_engine(trained[method], "onnxruntime") as ox, \
             engines.open_engine(trained[method], "tensorrt", precision="fp32") as trt:

@@ -142,10 +142,10 @@ def test_console_script_bad_input_and_ctrl_c(tmp_path, good):
                              "--checkpoint-every", "1", *FAST],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # a loaded machine: torch's import alone can take a minute
         while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert out.exists(), "no checkpoint within 90 s"
+            time.sleep(0.2)  # polling for the condition, not waiting and hoping
+        assert out.exists(), "no checkpoint within 240 s"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

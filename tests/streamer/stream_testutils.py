@@ -1,10 +1,15 @@
-"""Helpers for the streamer tests: a lite checkpoint, a collecting subscriber, waits, subprocess env."""
+"""Helpers for the streamer tests: a lite checkpoint, a collecting subscriber, waits, subprocess env.
+
+Every wait here is on a condition with a generous deadline (PATIENCE): a loaded 2-core CI machine
+can be 5-10x slower than a quiet one, and a deadline only matters when the test fails anyway.
+"""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,8 @@ import zmq
 from noise2atom.stem_sim import StemSimulator
 
 SHAPE = (64, 64)
+# Seconds to wait for something that normally takes well under a second.
+PATIENCE = 60.0
 
 
 def make_lite_checkpoint(path: Path, *, meta: dict | None = None) -> Path:
@@ -49,13 +56,16 @@ def run_module(module: str, *args: str, **kw) -> subprocess.Popen:
 class Collector:
     """A SUB socket on a thread that collects decoded output messages (stop() to end)."""
 
-    def __init__(self, ctx, endpoint: str, *, curve=None) -> None:
+    def __init__(self, ctx, endpoint: str, *, curve=None, monitor: bool = False) -> None:
         from streamer.protocol import decode
 
         self._decode = decode
         self.sock = ctx.make(zmq.SUB)
         if curve is not None:
             curve(self.sock)
+        # The socket's connection events (handshake succeeded / failed), read by wait_for_event.
+        self._monitor = self.sock.get_monitor_socket() if monitor else None
+        self.events: list[int] = []
         self.sock.connect(endpoint)
         self.sock.subscribe(b"")
         self.messages = []
@@ -77,8 +87,6 @@ class Collector:
         return [m for m in list(self.messages) if m.type == "frame"]
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -87,18 +95,97 @@ class Collector:
         raise AssertionError(f"timed out after {timeout} s waiting for {what} "
                              f"(got {len(self.frames)} frames, {len(self.messages)} messages)")
 
+    def wait_for_event(self, events: set[int], timeout: float) -> int:
+        """Wait for one of these zmq.EVENT_* on the socket (needs monitor=True); return it."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._monitor.poll(50):
+                self.events.append(recv_monitor_message(self._monitor)["event"])
+                if self.events[-1] in events:
+                    return self.events[-1]
+        raise AssertionError(f"timed out after {timeout} s waiting for a socket event in "
+                             f"{sorted(events)} (got {self.events})")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
         assert not self._thread.is_alive()
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def probe_until(send, arrived, timeout: float, what: str) -> None:
+    """Call ``send()`` until ``arrived()``: beats the PUB/SUB slow joiner without guessing a delay.
+
+    Each probe gets a short while to come through before the next is sent.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        send()
+        settle = time.monotonic() + 0.2
+        while time.monotonic() < settle:
+            if arrived():
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s probing until {what}")
+
+
+def wait_for_subscriber(xpub: zmq.Socket, timeout: float = PATIENCE) -> None:
+    """Block until a subscription reaches this XPUB socket (then what it sends is delivered).
+
+    A PUB socket drops everything sent before the subscriber's subscription arrived; an XPUB sees
+    that subscription, so this is the condition, not a sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if xpub.poll(50) and xpub.recv()[:1] == b"\x01":
+            return
+    raise AssertionError(f"timed out after {timeout} s waiting for a subscriber to join")
+
+
+class LineReader:
+    """Reads a text stream (a subprocess's stderr) on a thread, so a test can wait on its lines."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, predicate, timeout: float, what: str) -> str:
+        """The first line for which ``predicate(line)`` is true, waiting up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if not self._thread.is_alive() and all(not predicate(x) for x in self.lines):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {what} within {timeout} s; got:\n{self.text}")
+
+    def join(self, timeout: float) -> str:
+        """Wait for the end of the stream (the process closed it); return everything read."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"stream still open after {timeout} s"
+        return self.text

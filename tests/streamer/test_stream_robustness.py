@@ -14,7 +14,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_testutils import Collector, cli_env, wait_until
+from stream_testutils import PATIENCE, Collector, cli_env, probe_until, wait_until
 from streamer.pipeline import Stream
 from streamer.protocol import ProtocolError, decode, encode_frame, send_message
 from streamer.recorder import Recorder, iter_records, read_recording
@@ -89,15 +89,11 @@ def fuzz_stream(lite_model):
     stream = Stream(source=f"tcp://127.0.0.1:{port}", model=lite_model, engine="onnxruntime",
                     max_queue=1000, max_frame_bytes=MAX_BYTES).start()
     col = Collector(z, stream.out_endpoint)
-    wait_until(lambda: stream.subscriptions >= 1, 10, "the subscriber to join")
+    wait_until(lambda: stream.subscriptions >= 1, PATIENCE, "the subscriber to join")
     # Probe until the stream's SUB is connected (PUB drops everything before that).
-    probe = 0
-    deadline = time.monotonic() + 10
-    while not col.frames and time.monotonic() < deadline:
-        send_message(pub, _good(0, f"probe{probe}"))  # seq 0 each: a lost probe is no gap
-        probe += 1
-        time.sleep(0.1)
-    wait_until(lambda: col.frames, 5, "the probe to come through")
+    probes = iter(range(10**6))  # seq 0 of its own series each: a lost probe is no gap
+    probe_until(lambda: send_message(pub, _good(0, f"probe{next(probes)}")), lambda: col.frames,
+                PATIENCE, "a probe frame comes through n2a-stream")
     state = {"seq": 0, "bad": 0, "good": 0}
     yield stream, pub, col, state
     stream.stop()
@@ -123,8 +119,10 @@ def test_running_stream_counts_every_bad_message_and_delivers_the_good_ones(fuzz
     sent_good.append(state["seq"])
     state["seq"] += 1
     wait_until(lambda: len([m for m in col.frames if m.series == "fuzz"])
-               >= good_before + len(sent_good), 20, "the good frames")
-    wait_until(lambda: stream.stats.rejected.total() >= rejected_before + len(bad), 5,
+               >= good_before + len(sent_good), PATIENCE, "the good frames")
+    # Each bad message was sent before a good one on the same socket and the stream handles its
+    # input in order, so every rejection is counted by now; the wait only covers the counter.
+    wait_until(lambda: stream.stats.rejected.total() >= rejected_before + len(bad), PATIENCE,
                "every bad message to be counted")
     stream.maybe_raise()
     got = [m.seq for m in col.frames if m.series == "fuzz"][good_before:]
@@ -145,23 +143,30 @@ def test_curve_authenticated_client_receives_and_unauthenticated_does_not(
                         curve_keys=key_dir).start()
         try:
             good = Collector(zmq_ctx, stream.out_endpoint, curve=keys.configure_client)
-            plain = Collector(zmq_ctx, stream.out_endpoint)
+            plain = Collector(zmq_ctx, stream.out_endpoint, monitor=True)
             intruder_keys = link_keys(make_keys(tmp_path / "other"), "viewer")
             # Right server key, but a client key that is not in authorized_clients/.
             intruder = Collector(zmq_ctx, stream.out_endpoint, curve=lambda s: (
                 setattr(s, "curve_secretkey", intruder_keys.client_secret),
                 setattr(s, "curve_publickey", intruder_keys.client_public),
-                setattr(s, "curve_serverkey", keys.server_public)))
+                setattr(s, "curve_serverkey", keys.server_public)), monitor=True)
             replay.start()
-            good.wait_for(lambda: len(good.frames) >= 10, 20, "authenticated frames")
-            time.sleep(0.5)
+            good.wait_for(lambda: len(good.frames) >= 10, PATIENCE, "authenticated frames")
+            # Not "nothing arrived yet" but "the server refused them": each one's handshake
+            # failed (the plain client's on the mechanism, the intruder's on authentication).
+            failed = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
+            for c in (plain, intruder):
+                c.wait_for_event(failed, PATIENCE)
         finally:
             stream.stop()
             for c in (good, plain, intruder):
                 c.stop()
     assert stream.summary()["rejected"] == 0
     assert good.frames[0].header["series"] == "curve"
-    assert plain.messages == [] and intruder.messages == []
+    # Without a successful handshake no message can reach them.
+    for c in (plain, intruder):
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in c.events and c.messages == []
 
 
 def test_curve_keys_errors(tmp_path):
@@ -241,14 +246,19 @@ def test_recording_survives_sigkill_up_to_the_last_flush(tmp_path):
 
 def test_the_publishing_example_in_docs_protocol_md_feeds_n2a_stream(zmq_ctx, lite_model,
                                                                         free_port):
-    """The 10-line example of docs/protocol.md, run as written (port, size, context swapped)."""
+    """The 10-line example of docs/protocol.md, run as written (port, size, context swapped, and
+    a wait for the subscriber instead of its sleep)."""
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     code = doc.split("## Publishing from Python in ten lines", 1)[1].split("```python", 1)[1]
     code = code.split("```", 1)[0]
+    # The example's `time.sleep(0.5)` hopes n2a-stream has subscribed by then; a loaded CI machine
+    # can take longer, so here the socket is an XPUB and waits for the subscription instead.
     for old, new in (("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{free_port}"),
-                     ("(512, 512)", "(64, 64)"), ("zmq.Context.instance()", "ctx")):
+                     ("(512, 512)", "(64, 64)"), ("zmq.Context.instance()", "ctx"),
+                     ("socket(zmq.PUB)", "socket(zmq.XPUB)"),
+                     ("time.sleep(0.5)", "sock.poll(60_000) and sock.recv()")):
         assert old in code, f"docs/protocol.md example changed: {old!r} not found"
         code = code.replace(old, new)
     stream = Stream(source=f"tcp://127.0.0.1:{free_port}", model=lite_model,
@@ -256,7 +266,7 @@ def test_the_publishing_example_in_docs_protocol_md_feeds_n2a_stream(zmq_ctx, li
     namespace = {"ctx": zmq_ctx.context}
     try:
         exec(compile(code, "docs/protocol.md", "exec"), namespace)  # noqa: S102 - our own docs
-        wait_until(lambda: stream.ended, 30, "the example's end message and all frames out")
+        wait_until(lambda: stream.ended, 2 * PATIENCE, "the example's end message and all frames out")
     finally:
         namespace["sock"].close(0)
         summary = stream.stop()
@@ -282,10 +292,15 @@ def test_each_kind_of_bad_input_is_counted_under_its_reason(fuzz_stream):
     }
     for parts in cases.values():
         send_message(pub, parts)
-    send_message(pub, _good(state["seq"]))
+    # A good frame after the bad ones: once it is out, each bad one has been handled (one socket,
+    # in order).
+    probe = state["seq"]
+    send_message(pub, _good(probe))
     state["seq"] += 1
-    wait_until(lambda: stream.stats.rejected.total() >= sum(before.values()) + len(cases), 10,
-               "every bad message to be counted")
+    col.wait_for(lambda: any(m.series == "fuzz" and m.seq == probe for m in col.frames),
+                 PATIENCE, "the good frame after the bad ones")
+    wait_until(lambda: stream.stats.rejected.total() >= sum(before.values()) + len(cases),
+               PATIENCE, "every bad message to be counted")
     after = stream.stats.rejected.snapshot()
     assert {k: after.get(k, 0) - before.get(k, 0) for k in cases} == dict.fromkeys(cases, 1)
     stream.maybe_raise()

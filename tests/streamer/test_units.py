@@ -4,7 +4,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import threading
-import time
 
 import pytest
 
@@ -33,10 +32,23 @@ def test_block_policy_waits_for_room_and_times_out():
     q.put(1)
     with pytest.raises(TimeoutError):
         q.put(2, timeout=0.05)
-    threading.Timer(0.1, lambda: q.get(timeout=1)).start()
-    t0 = time.monotonic()
-    q.put(2, timeout=5)
-    assert 0.05 < time.monotonic() - t0 < 4
+    errors = []
+
+    def put() -> None:
+        try:
+            q.put(2, timeout=60)
+        except BaseException as e:  # noqa: BLE001 - asserted on below
+            errors.append(e)
+
+    putter = threading.Thread(target=put, daemon=True)
+    putter.start()
+    # While the queue is full the put cannot finish: item 2 is not in the queue whatever the
+    # machine's speed (a put that did not wait would have added or dropped something).
+    putter.join(0.2)
+    assert putter.is_alive() and len(q) == 1
+    assert q.get(timeout=0) == 1  # room: now the waiting put goes through
+    putter.join(60)
+    assert not putter.is_alive() and errors == []
     assert q.drain() == [2]
 
 
@@ -76,11 +88,13 @@ def test_latency_window_is_bounded_and_mean_counts_everything():
 def test_rate_limited_log_suppresses_and_reports(caplog):
     import logging
 
-    rl = RateLimitedLog(logging.getLogger("n2a.test"), interval_s=0.2)
+    # An interval no test run outlasts, then none at all: no sleeping, no race with the clock.
+    rl = RateLimitedLog(logging.getLogger("n2a.test"), interval_s=3600)
     with caplog.at_level(logging.WARNING, logger="n2a.test"):
         for _ in range(5):
             rl.warning("k", "bad thing")
-        time.sleep(0.25)
+        rl.warning("other", "another thing")  # each key has its own interval
+        rl.interval_s = 0.0  # the interval has passed
         rl.warning("k", "bad thing")
     assert [r.getMessage() for r in caplog.records] == [
-        "bad thing", "bad thing (4 more like it suppressed)"]
+        "bad thing", "another thing", "bad thing (4 more like it suppressed)"]

@@ -18,6 +18,10 @@ from PySide6 import QtCore, QtWidgets
 from streamer import protocol
 from viewer.receiver import FrameReceiver
 
+# Seconds to wait for something that normally takes well under a second: a loaded 2-core CI
+# machine can be 5-10x slower than a quiet one, and a deadline only matters when a test fails.
+PATIENCE = 60.0
+
 
 def _flush_deletes() -> None:
     # pyqtgraph gives its items parentless menus and dialogs; they go when the Python objects do.
@@ -38,6 +42,17 @@ def no_leaked_widgets(qapp: QtWidgets.QApplication, request: pytest.FixtureReque
     _flush_deletes()
     leaked = [w for w in qapp.topLevelWidgets() if id(w) not in before]
     assert not leaked, f"top-level widgets left after {request.node.name}: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def patient_waits(qtbot, monkeypatch) -> None:
+    """qtbot.waitUntil gives up after 5 s by default; a loaded CI machine may need longer.
+
+    Only a failing test waits that long. Set up after `no_leaked_widgets`, so checked before it.
+    """
+    wait_until = qtbot.waitUntil
+    monkeypatch.setattr(qtbot, "waitUntil",
+                        lambda callback, *, timeout=int(PATIENCE * 1000): wait_until(callback, timeout=timeout))
 
 
 def _term(ctx: zmq.Context, timeout: float = 5.0) -> None:
@@ -66,7 +81,7 @@ class Publisher:
             raise
         self.address = f"tcp://127.0.0.1:{self.port}"
 
-    def _bind_retrying(self, port: int, timeout: float = 3.0) -> None:
+    def _bind_retrying(self, port: int, timeout: float = 30.0) -> None:
         # A closed socket's port is released by ZeroMQ's I/O thread a moment later.
         deadline = time.monotonic() + timeout
         while True:
@@ -149,7 +164,7 @@ def _subscribe(qtbot, publisher: Publisher, receiver: FrameReceiver, series: str
     def seen() -> bool:
         publisher.start(series)
         return receiver.status().last_start_index > before
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + PATIENCE
     while not seen():
         assert time.monotonic() < deadline, f"receiver never got a message from {publisher.address}"
         qtbot.wait(20)
