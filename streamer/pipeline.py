@@ -409,7 +409,10 @@ class Stream:
                             recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
                             monitor=self._monitor, source=cfg.source,
                             delay_s=cfg.receive_delay_ms / 1000,
-                            hwm_for=None if cfg.rcvhwm else hwm_for)
+                            # Never re-sized while connected: raising a live PULL socket's
+                            # high-water mark leaves a PUSH peer blocked at the old one for good
+                            # (libzmq wakes a writer every hwm/2 reads, counted at the new hwm).
+                            hwm_for=None)
         denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
                             failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
