@@ -88,7 +88,7 @@ def test_viewer_with_the_keys_shows_the_frame_and_others_get_nothing(
         qtbot, curve_publisher, key_dir, tmp_path, make_frame, subscribe):
     # A valid client key the server does not authorise, with the server's real public key: the
     # server's authenticator must turn it away.
-    intruder_dir = make_keys(tmp_path / "other")
+    intruder_dir = make_keys(tmp_path / "other") / "viewer"  # the set a viewer loads
     shutil.copy(key_dir / "server.key", intruder_dir / "server.key")
     with FrameReceiver(address=curve_publisher.address, poll_ms=20,
                        curve=CurveClientKeys.load(key_dir)) as rx, \
