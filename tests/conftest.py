@@ -14,8 +14,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest
 
-# --import-mode=importlib puts no test folder on sys.path; shared helpers (detector_styles) live here.
-sys.path.insert(0, str(Path(__file__).parent))
+# --import-mode=importlib puts no test folder on sys.path; shared helpers (detector_styles) live in
+# tests/. The repository root goes first: its packages (engines, bench, ...) must win over the test
+# folders of the same names (tests/engines, tests/bench), which would otherwise be imported as empty
+# namespace packages when pytest runs as a script (make test) rather than as `python -m pytest`.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 try:
     from hypothesis import HealthCheck, settings
 except ImportError:  # hypothesis is in the test extra; without it its tests fail on import anyway
