@@ -51,7 +51,10 @@ from noise2atom.metrics import WINDOW_NOISE_GAIN, LocalMoments, WindowGrid
 __all__ = ["FLAGS", "DOSE_FACTOR", "FidelityGuard", "GuardReport", "TrainingRange", "counts_span"]
 
 #: Every flag the guard can raise.
-FLAGS = ("input_clipped", "flat_output", "structure_in_residual", "out_of_training_range")
+FLAGS = ("input_clipped", "flat_output", "structure_in_residual", "out_of_training_range",
+         "too_small_to_check")
+#: Frames below this side hold no SSIM window: the guard cannot look at them, and says so.
+MIN_SIDE = 11
 #: Fraction of pixels at the ceiling / outside the scaling that counts as clipping (the scaling's
 #: own percentiles leave 0.1 % on each side).
 CLIPPED_FRACTION = 0.01
@@ -206,6 +209,9 @@ class FidelityGuard:
         if raw.shape != den.shape or raw.ndim != 2:
             raise ValueError(f"raw and denoised must be 2-D frames of one shape (got {raw.shape} and {den.shape})")
         rep = self.report = GuardReport(counts_span=self.report.counts_span)
+        if min(raw.shape) < MIN_SIDE:  # never "all well" for a frame nobody could check
+            rep.flags = ["too_small_to_check"]
+            return list(rep.flags)
         if self.series_flags is None:
             self.series_flags = self._series_checks(raw)
         flags = list(self.series_flags)

@@ -146,9 +146,7 @@ class Publisher(Worker):
         self._last_seq = item.seq
         t1 = time.perf_counter_ns()
         flags: list[str] = []
-        if self._guard is not None and min(item.raw.shape) < CSS_MIN_SIDE:
-            flags = ["too_small_to_check"]  # the guard's windows do not fit: say it, never "all well"
-        elif self._guard is not None:  # reuses the CSS's window moments when there are any
+        if self._guard is not None:  # reuses the CSS's window moments when there are any
             flags = self._guard.check(
                 item.raw, out.denoised,
                 raw_moments=self._css[1].last if self._css is not None else None,

@@ -109,3 +109,9 @@ def test_a_mixture_model_is_out_of_range_beyond_its_training_doses():
         f = _frame(peak)
         s = estimate_scaling(f.noisy)
         assert FidelityGuard(s, dtype=np.uint16, reference=ref).check(f.noisy, f.clean) == expected, peak
+
+
+def test_a_frame_too_small_for_any_window_is_flagged_not_passed():
+    f = np.random.default_rng(0).poisson(2.0, (8, 8)).astype(np.uint16)
+    guard = FidelityGuard(estimate_scaling(f), dtype=np.uint16)
+    assert guard.check(f, np.full((8, 8), 0.5, np.float32)) == ["too_small_to_check"]
