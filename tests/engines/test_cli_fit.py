@@ -40,3 +40,11 @@ def test_fit_refuses_frames_too_small_to_hold_back_a_stripe(lite_checkpoint, tmp
     assert main([str(src), "--model", str(lite_checkpoint), "--out", str(tmp_path / "o.tif"),
                  "--fit", "--minutes", "0.05", "--quiet"]) == 2
     assert "too small to fit on (expected at least 64x16)" in capsys.readouterr().err
+
+
+def test_fit_needs_a_positive_budget(lite_checkpoint, tmp_path, capsys):
+    src = tmp_path / "one.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).poisson(2, (64, 64)).astype(np.uint16))
+    assert main([str(src), "--model", str(lite_checkpoint), "--out", str(tmp_path / "o.tif"),
+                 "--fit", "--minutes", "0", "--quiet"]) == 2
+    assert "--minutes must be > 0 (got 0.0)" in capsys.readouterr().err
