@@ -6,6 +6,12 @@ state dict. Nothing is unpickled on load. Training-resume state (the reverse
 generator, the critic, optimisers, RNG states, iteration) lives beside it in
 ``<model>.train.pt``, written with ``torch.save`` and read back with
 ``torch.load(weights_only=True)`` (tensors and plain containers only).
+
+Config versions: version 2 (written now) nests the validated models, ``prior`` a
+:class:`~noise2atom.target_sim.TargetPrior` and ``train`` a
+:class:`~noise2atom.train_options.TrainRecord`, so an unknown or bad field anywhere is refused.
+Version 1 (n2a 0.1, the bundled model) kept both as free dicts (``train`` ``{}`` when unknown);
+:func:`migrate_config` reads it into version 2, validating the dicts on the way.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from noise2atom.models import build_generator
+from noise2atom.target_sim import TargetPrior
+from noise2atom.train_options import TrainRecord
 
 __all__ = [
     "CheckpointError",
@@ -42,11 +50,15 @@ __all__ = [
     "save_train_state",
     "load_train_state",
     "n2a_version",
+    "migrate_config",
     "CONFIG_KEY",
+    "CONFIG_VERSION",
 ]
 
 #: safetensors metadata key that holds the config JSON.
 CONFIG_KEY = "n2a_config"
+#: the config version this n2a writes; :func:`migrate_config` reads the older ones.
+CONFIG_VERSION = 2
 
 
 class CheckpointError(Exception):
@@ -150,22 +162,23 @@ class DataFingerprint(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """Everything needed to rebuild and use a trained generator (checkpoint version 1)."""
+    """Everything needed to rebuild and use a trained generator (config version 2)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = 1
+    version: Literal[2] = CONFIG_VERSION
     size: Literal["paper", "lite"] = Field(description="generator architecture")
     method: Literal["noise2atom", "blindspot", "hybrid", "supervised"] = Field(description="training method")
     normalisation: Normalisation
-    prior: dict[str, Any] | None = Field(
+    prior: TargetPrior | None = Field(
         default=None, description="target-domain simulator parameters (noise2atom, hybrid)")
     data: DataFingerprint
     iteration: int = Field(default=0, ge=0, description="training iterations done")
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(
         timespec="seconds"))
     n2a_version: str = Field(default_factory=n2a_version)
-    train: dict[str, Any] = Field(default_factory=dict, description="training options used")
+    train: TrainRecord | None = Field(
+        default=None, description="training options used (None when not trained by n2a-train)")
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -244,15 +257,48 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: n2a config is not valid JSON (got: {e})") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: n2a config must be a JSON object (got {type(raw).__name__})")
-    if raw.get("version") != 1:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint version (expected 1; got {raw.get('version')!r})")
+    try:
+        raw = migrate_config(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
     try:
         config = ModelConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise CheckpointError(f"{path}: invalid n2a config (got: {problems})") from e
+        raise CheckpointError(f"{path}: invalid n2a config (got: {_describe_errors(e)})") from e
     return Checkpoint(config=config, state_dict=state)
+
+
+def migrate_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of any known version, as a version-2 dict (not yet validated).
+
+    Version 1 had the same fields; its ``train`` was ``{}`` when unknown (now ``None``), and its
+    ``prior`` and ``train`` dicts were not checked (now they must fit their models).
+
+    Examples
+    --------
+    >>> migrate_config({"version": 1, "size": "lite", "train": {}})
+    {'version': 2, 'size': 'lite', 'train': None}
+    >>> migrate_config({"version": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown checkpoint version (expected 1 or 2; got 3)
+    """
+    version = raw.get("version")
+    if version == CONFIG_VERSION:
+        return raw
+    if version != 1:
+        raise ValueError(f"unknown checkpoint version (expected 1 or {CONFIG_VERSION}; got {version!r})")
+    return {**raw, "version": CONFIG_VERSION, "train": raw.get("train") or None}
+
+
+def _describe_errors(e: ValidationError) -> str:
+    """Each problem as ``field.path: message (got value)``, joined by ``; ``."""
+    problems = []
+    for err in e.errors():
+        where = ".".join(map(str, err["loc"])) or "config"
+        got = repr(err.get("input"))
+        problems.append(f"{where}: {err['msg']} (got {got[:60] + '...' if len(got) > 60 else got})")
+    return "; ".join(problems)
 
 
 def load_generator(path: str | os.PathLike) -> tuple[ModelConfig, torch.nn.Module]:

@@ -23,12 +23,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
 from noise2atom.blindspot import blindspot_loss, make_blindspot_batch
 from noise2atom.checkpoint import (
     CheckpointError,
@@ -40,11 +38,11 @@ from noise2atom.checkpoint import (
     train_state_path,
 )
 from noise2atom.models import Critic, LowPass, build_generator
+from noise2atom.target_sim import TargetPrior
 from noise2atom.train_data import TrainingData
+from noise2atom.train_options import TrainOptions, TrainRecord
 
 __all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError"]
-
-Method = Literal["noise2atom", "blindspot", "hybrid", "supervised"]
 
 
 class ResumeError(ValueError):
@@ -63,8 +61,8 @@ def _check_pair(path: str | Path, config: ModelConfig, state: dict[str, Any]) ->
     """Raise `ResumeError` unless the checkpoint and its ``.train.pt`` were saved together."""
     cfg = {"size": config.size, "method": config.method, "iteration": config.iteration,
            "fingerprint": config.data.sha256}
-    if "patch" in config.train:
-        cfg["patch"] = config.train["patch"]
+    if config.train is not None:
+        cfg["patch"] = config.train.patch
     for key, have in cfg.items():
         if state.get(key) != have:
             raise ResumeError(
@@ -77,30 +75,6 @@ def _check_pair(path: str | Path, config: ModelConfig, state: dict[str, Any]) ->
             f"{path}: the checkpoint was replaced after its resume state {train_state_path(path).name} "
             f"was saved (expected checkpoint sha256 {saved[:12]}…, got {_sha256(path)[:12]}…); "
             f"train again with --overwrite")
-
-
-class TrainOptions(BaseModel):
-    """Training options (recorded in the checkpoint's ``train`` field)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method = "blindspot"
-    size: Literal["paper", "lite"] = "lite"
-    iterations: int | None = Field(default=None, ge=1, description="total iterations to reach")
-    minutes: float | None = Field(default=None, gt=0, description="wall-clock budget of this run")
-    patch: int = Field(default=64, ge=16)
-    batch: int = Field(default=16, ge=1)
-    seed: int = 0
-    device: str = "cpu"
-    lr: float | None = Field(default=None, gt=0, description="None: 5e-5 (GAN methods), 1e-3 (blindspot)")
-    critic_steps: int = Field(default=5, ge=1)
-    gp_weight: float = Field(default=10.0, ge=0)
-    fidelity_weight: float = Field(default=1.0, ge=0, description="hybrid: weight of the blind-spot term")
-    bs_loss: Literal["auto", "poisson", "mse"] = "auto"
-    bs_spacing: int = Field(default=8, ge=2)
-    bs_half_width: int = Field(default=2, ge=0)
-    preview_every: int = Field(default=0, ge=0)
-    checkpoint_every: int = Field(default=0, ge=0)
 
 
 @dataclass
@@ -126,12 +100,12 @@ class Trainer:
     ----------
     options : TrainOptions
     data : TrainingData
-    prior : pydantic model or None
-        The target-domain prior (``noise2atom.target_sim.TargetPrior``); required
-        by the ``noise2atom`` and ``hybrid`` methods.
+    prior : TargetPrior or None
+        The target-domain prior; required by the ``noise2atom`` and ``hybrid`` methods.
     """
 
-    def __init__(self, *, options: TrainOptions, data: TrainingData, prior: Any = None) -> None:
+    def __init__(self, *, options: TrainOptions, data: TrainingData,
+                 prior: TargetPrior | None = None) -> None:
         self.options = o = options
         self.data = data
         self.prior = prior
@@ -275,11 +249,10 @@ class Trainer:
 
     # ------------------------------------------------------------ save / load
     def model_config(self) -> ModelConfig:
-        prior = self.prior.model_dump(mode="json") if self.prior is not None else None
+        record = TrainRecord(**self.options.model_dump(), bs_loss_used=self.bs_loss)
         return ModelConfig(size=self.options.size, method=self.options.method,
-                           normalisation=self.data.normalisation, prior=prior,
-                           data=self.data.fingerprint, iteration=self.iteration,
-                           train=dict(self.options.model_dump(mode="json"), bs_loss_used=self.bs_loss))
+                           normalisation=self.data.normalisation, prior=self.prior,
+                           data=self.data.fingerprint, iteration=self.iteration, train=record)
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint and its resume side file (a consistent snapshot)."""

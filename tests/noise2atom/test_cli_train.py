@@ -110,7 +110,7 @@ def test_train_then_resume_then_refuse_other_method(capsys, good, tmp_path):
     assert "resumed" in err and "at iteration 4" in err
     config, _ = load_generator(out)
     assert config.iteration == 7 and config.method == "blindspot"
-    assert config.train["bs_loss"] == "auto"
+    assert config.train.bs_loss == "auto"
     rc, err = run_main(capsys, [*base, "--iterations", "9", "--resume", "--method", "hybrid"])
     assert_one_line_error(rc, err, "method 'blindspot' (got 'hybrid')", alone=False)
 
@@ -167,5 +167,5 @@ def test_estimate_prior_is_reported_and_used(capsys, tmp_path):
     assert rc == 0, err
     assert "estimated prior from the frames: pitch" in err
     prior = load_checkpoint(out).config.prior
-    assert abs(prior["pitch_px"] - 10) < 0.5  # the estimate, not the default 8
-    assert prior["sigma_px"][1] == 3  # an explicit flag wins over the estimate
+    assert abs(prior.pitch_px - 10) < 0.5  # the estimate, not the default 8
+    assert prior.sigma_px[1] == 3  # an explicit flag wins over the estimate

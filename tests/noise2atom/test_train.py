@@ -50,7 +50,7 @@ def test_noise2atom_30_iterations_lower_cycle_loss_and_checkpoint_denoises(tmp_p
     assert all(np.isfinite([r[k] for r in result.losses for k in r]))
     config, g = load_generator(out)
     assert (config.method, config.size, config.iteration) == ("noise2atom", "lite", 30)
-    assert config.prior["pitch_px"] == 8.0
+    assert config.prior.pitch_px == 8.0
     assert config.normalisation == data.normalisation
     assert config.data.sources == ["frames.npy"]
     frame = data.normalisation.to_model(np.load(npy_frames)[0, :45, :61])
@@ -130,8 +130,8 @@ def test_hybrid_checkpoint_loads_and_runs(tmp_path):
         tmp_path / "h.safetensors", progress=False)
     assert {"cyc", "bs", "adv", "d"} <= set(result.losses[-1])
     config, g = load_generator(tmp_path / "h.safetensors")
-    assert config.method == "hybrid" and config.prior["pitch_px"] == 6.0
-    assert config.train["fidelity_weight"] == 2.0
+    assert config.method == "hybrid" and config.prior.pitch_px == 6.0
+    assert config.train.fidelity_weight == 2.0 and config.train.bs_loss_used == "poisson"  # the simulator knows its gain
     with torch.no_grad():
         assert g(torch.zeros(1, 1, 37, 29)).shape == (1, 1, 37, 29)
 
