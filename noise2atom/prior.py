@@ -96,6 +96,19 @@ def estimate_prior(
     max_frames : int
         At most this many frames (evenly spaced) are used.
     """
+    x, max_pitch = _checked_frames(frames, min_pitch_px, max_pitch_px, max_frames)
+    spectrum = _Spectrum.of(x)
+    g1, g2, peak_ratio = spectrum.first_order_reflections(min_pitch_px, max_pitch)
+    f1 = 0.5 * (np.hypot(*g1) + np.hypot(*g2))
+    rot = _fold_rotation(math.degrees(math.atan2(g1[0], g1[1])))
+    sigma, n_orders = _blob_width(spectrum, f1, rot, n_frames=len(x))
+    return PriorEstimate(pitch_px=float(1.0 / f1), sigma_px=sigma, rotation_deg=float(rot),
+                         peak_ratio=peak_ratio, n_orders=n_orders)
+
+
+def _checked_frames(frames, min_pitch_px: float, max_pitch_px: float | None,
+                    max_frames: int) -> tuple[np.ndarray, float]:
+    """Step 0: the frames to use (at most ``max_frames``, float64, mean removed) and the max pitch."""
     a = np.asarray(frames)
     if a.ndim == 2:
         a = a[None]
@@ -114,69 +127,85 @@ def estimate_prior(
     x -= x.mean(axis=(1, 2), keepdims=True)
     if not np.any(x):
         raise PriorEstimateError("expected frames with some contrast (got constant frames)")
-    win = np.outer(np.hanning(h), np.hanning(w))
-    p = np.mean(np.abs(np.fft.fft2(x * win)) ** 2, axis=0)
-    p = np.fft.fftshift(p)
-    fy = np.fft.fftshift(np.fft.fftfreq(h))
-    fx = np.fft.fftshift(np.fft.fftfreq(w))
-    fyy, fxx = np.meshgrid(fy, fx, indexing="ij")
-    fr = np.hypot(fyy, fxx)
-    df = 1.0 / min(h, w)
-    ring = np.round(fr / df).astype(int)
-    med = ndimage.median(p, labels=ring + 1, index=np.arange(1, ring.max() + 2))
-    ring_med = np.asarray(med)[ring]
-    excess = p - ring_med
+    return x, max_pitch
 
-    band = (fr >= 1 / max_pitch) & (fr <= 1 / min_pitch_px) & (fxx >= 0)
-    iy, ix = np.unravel_index(np.argmax(np.where(band, excess, -np.inf)), p.shape)
-    peak_ratio = float(p[iy, ix] / max(ring_med[iy, ix], 1e-300))
-    cy, cx = _centroid(excess, iy, ix, 2)
-    g1 = np.array([np.interp(cy, np.arange(h), fy), np.interp(cx, np.arange(w), fx)])
 
-    def locate(g: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Spectrum:
+    """Steps 1-2: the frame-averaged power spectrum (centred) and its excess over the ring medians."""
+
+    power: np.ndarray
+    excess: np.ndarray
+    ring_median: np.ndarray
+    fy: np.ndarray  # cycles/px of each row
+    fx: np.ndarray  # cycles/px of each column
+    fxx: np.ndarray  # cycles/px along x of every bin
+    fr: np.ndarray  # |f| of every bin
+    df: float  # ring width
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> _Spectrum:
+        _, h, w = x.shape
+        win = np.outer(np.hanning(h), np.hanning(w))
+        p = np.fft.fftshift(np.mean(np.abs(np.fft.fft2(x * win)) ** 2, axis=0))
+        fy = np.fft.fftshift(np.fft.fftfreq(h))
+        fx = np.fft.fftshift(np.fft.fftfreq(w))
+        fyy, fxx = np.meshgrid(fy, fx, indexing="ij")
+        fr = np.hypot(fyy, fxx)
+        df = 1.0 / min(h, w)
+        ring = np.round(fr / df).astype(int)
+        med = ndimage.median(p, labels=ring + 1, index=np.arange(1, ring.max() + 2))
+        ring_med = np.asarray(med)[ring]
+        return cls(power=p, excess=p - ring_med, ring_median=ring_med, fy=fy, fx=fx, fxx=fxx, fr=fr, df=df)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.power.shape
+
+    def first_order_reflections(self, min_pitch_px: float,
+                                max_pitch: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Step 3: the strongest reflection g1 in the pitch band, its orthogonal partner g2 (both
+        (fy, fx) in cycles/px, refined) and the peak's power over its ring median."""
+        h, w = self.shape
+        band = (self.fr >= 1 / max_pitch) & (self.fr <= 1 / min_pitch_px) & (self.fxx >= 0)
+        iy, ix = np.unravel_index(np.argmax(np.where(band, self.excess, -np.inf)), self.shape)
+        peak_ratio = float(self.power[iy, ix] / max(self.ring_median[iy, ix], 1e-300))
+        cy, cx = _centroid(self.excess, iy, ix, 2)
+        g1 = np.array([np.interp(cy, np.arange(h), self.fy), np.interp(cx, np.arange(w), self.fx)])
+        g1 = self.locate(g1)
+        g2 = self.locate(np.array([-g1[1], g1[0]]) if g1[0] <= 0 else np.array([g1[1], -g1[0]]))
+        return g1, g2, peak_ratio
+
+    def locate(self, g: np.ndarray) -> np.ndarray:
         """Refine a predicted reflection position (cycles/px) to the local excess maximum."""
+        h, w = self.shape
         jy = int(round(g[0] * h + h // 2))
         jx = int(round(g[1] * w + w // 2))
         r = 2
         y0, x0 = max(jy - r, 0), max(jx - r, 0)
-        sub = excess[y0:jy + r + 1, x0:jx + r + 1]
+        sub = self.excess[y0:jy + r + 1, x0:jx + r + 1]
         if sub.size == 0:
             return g
         my, mx = np.unravel_index(np.argmax(sub), sub.shape)
-        sy, sx = _centroid(excess, y0 + my, x0 + mx, 2)
+        sy, sx = _centroid(self.excess, y0 + my, x0 + mx, 2)
         return np.array([(sy - h // 2) / h, (sx - w // 2) / w])
 
-    g1 = locate(g1)
-    g2 = locate(np.array([-g1[1], g1[0]]) if g1[0] <= 0 else np.array([g1[1], -g1[0]]))
-    f1 = 0.5 * (np.hypot(*g1) + np.hypot(*g2))
-    pitch = 1.0 / f1
-    ang = math.degrees(math.atan2(g1[0], g1[1]))
-    rot = (ang + 45.0) % 90.0 - 45.0
-    if rot == -45.0:
-        rot = 45.0
 
-    # Blob width from the decay of integrated reflection power with |g|².
-    u = np.array([math.cos(math.radians(rot)), math.sin(math.radians(rot))]) * f1  # (fx, fy)
-    a1 = np.array([u[1], u[0]])  # (fy, fx)
-    a2 = np.array([a1[1], -a1[0]])
-    r_int = max(1, min(3, int(f1 / df / 3)))
-    yy, xx = np.mgrid[-r_int:r_int + 1, -r_int:r_int + 1]
-    disc = yy**2 + xx**2 <= r_int**2
+def _fold_rotation(angle_deg: float) -> float:
+    """A square lattice's rotation folded into (-45, 45] degrees."""
+    rot = (angle_deg + 45.0) % 90.0 - 45.0
+    return 45.0 if rot == -45.0 else rot
+
+
+#: (h, k) orders of the square lattice whose power decay gives the blob width
+_ORDERS = [(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2), (2, 2), (2, -2)]
+
+
+def _blob_width(spectrum: _Spectrum, f1: float, rot: float, *, n_frames: int) -> tuple[float, int]:
+    """Step 4: blob std from the decay of integrated reflection power with |g|², and the number of
+    reflections used (NaN when fewer than two distinct |g| stand above the noise)."""
     g2s, logs = [], []
-    for hh, kk in [(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2), (2, 2),
-                   (2, -2)]:
-        g = hh * a1 + kk * a2
-        if np.abs(g).max() >= 0.5 - r_int * df:
-            continue
-        gl = locate(g)
-        jy = int(round(gl[0] * h + h // 2))
-        jx = int(round(gl[1] * w + w // 2))
-        patch = excess[jy - r_int:jy + r_int + 1, jx - r_int:jx + r_int + 1]
-        ringp = ring_med[jy - r_int:jy + r_int + 1, jx - r_int:jx + r_int + 1]
-        if patch.shape != disc.shape:
-            continue
-        power = patch[disc].sum()
-        noise = 3.0 * ringp[disc].sum() / math.sqrt(len(idx))  # ~3 std of the averaged floor
+    for g, power, noise in _reflection_powers(spectrum, f1, rot, n_frames):
         if power > noise:
             g2s.append(float(np.sum(g**2)))
             logs.append(math.log(power))
@@ -185,5 +214,29 @@ def estimate_prior(
         slope = np.polyfit(g2s, logs, 1)[0]
         if slope < 0:
             sigma = math.sqrt(-slope / (4 * math.pi**2))
-    return PriorEstimate(pitch_px=float(pitch), sigma_px=sigma, rotation_deg=float(rot),
-                         peak_ratio=peak_ratio, n_orders=len(g2s))
+    return sigma, len(g2s)
+
+
+def _reflection_powers(spectrum: _Spectrum, f1: float, rot: float, n_frames: int):
+    """Yield (g, integrated excess power, noise level) for each order inside the spectrum."""
+    h, w = spectrum.shape
+    df = spectrum.df
+    u = np.array([math.cos(math.radians(rot)), math.sin(math.radians(rot))]) * f1  # (fx, fy)
+    a1 = np.array([u[1], u[0]])  # (fy, fx)
+    a2 = np.array([a1[1], -a1[0]])
+    r_int = max(1, min(3, int(f1 / df / 3)))
+    yy, xx = np.mgrid[-r_int:r_int + 1, -r_int:r_int + 1]
+    disc = yy**2 + xx**2 <= r_int**2
+    for hh, kk in _ORDERS:
+        g = hh * a1 + kk * a2
+        if np.abs(g).max() >= 0.5 - r_int * df:
+            continue
+        gl = spectrum.locate(g)
+        jy = int(round(gl[0] * h + h // 2))
+        jx = int(round(gl[1] * w + w // 2))
+        patch = spectrum.excess[jy - r_int:jy + r_int + 1, jx - r_int:jx + r_int + 1]
+        ringp = spectrum.ring_median[jy - r_int:jy + r_int + 1, jx - r_int:jx + r_int + 1]
+        if patch.shape != disc.shape:
+            continue
+        noise = 3.0 * ringp[disc].sum() / math.sqrt(n_frames)  # ~3 std of the averaged floor
+        yield g, patch[disc].sum(), noise
