@@ -32,6 +32,14 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Train an n2a denoising generator (Noise2Atom, blind-spot or hybrid).")
+    _add_run_args(p)
+    _add_method_args(p)
+    _add_data_source_args(p)
+    return p
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Frames, output, method, budget and the run's housekeeping."""
     p.add_argument("frames", nargs="*", metavar="FRAMES",
                    help="frame files: TIFF stacks, .npy, HDF5 (file.h5:/dataset), DM3/DM4/EMD/SER")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
@@ -62,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "frame for validation (default: 0.15 for a single frame, else none)")
     p.add_argument("--percentiles", type=float, nargs=2, default=(0.1, 99.9), metavar=("LO", "HI"),
                    help="intensity percentiles mapped to -1 and +1 (default 0.1 99.9)")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """The losses of each method and the target-domain simulator."""
     g = p.add_argument_group("Noise2Atom losses")
     g.add_argument("--critic-steps", type=int, default=5)
     g.add_argument("--gp-weight", type=float, default=10.0)
@@ -83,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotation", type=float, help="lattice rotation in degrees")
     g.add_argument("--estimate-prior", action="store_true",
                    help="estimate pitch and blob width from the frames, report and use them")
+
+
+def _add_data_source_args(p: argparse.ArgumentParser) -> None:
+    """--simulate and --mixture: training frames that n2a makes itself."""
     g = p.add_argument_group("--simulate: train on the STEM series simulator instead of files")
     g.add_argument("--simulate", action="store_true")
     g.add_argument("--sim-size", type=int, default=256, help="frame side")
@@ -97,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("--mixture: train on random microscopes (noise2atom.mixture), the bundled model")
     g.add_argument("--mixture", action="store_true")
     g.add_argument("--mixture-series", type=int, default=192, help="series in the bank (each refreshed over time)")
-    return p
 
 
 def _prior(args: argparse.Namespace, data, log) -> Any:
@@ -147,6 +162,18 @@ def _run(argv: Sequence[str] | None) -> int:
     gan = args.method in ("noise2atom", "hybrid")
     patch = args.patch or (128 if gan else 64)
     batch = args.batch or (3 if gan else 16)
+    _check_args(args, patch)
+    device = _torch_device(args)
+    data = _training_data(args, patch, log)
+    prior = _prior(args, data, log) if gan else None
+    trainer = _trainer(args, data, prior, device=device, patch=patch, batch=batch, log=log)
+    t0 = time.perf_counter()
+    result = trainer.run(args.out, progress=not args.quiet, log=log)
+    return _report(args, result, time.perf_counter() - t0, log)
+
+
+def _check_args(args: argparse.Namespace, patch: int) -> None:
+    """The checks that need no data and no torch: a budget, the --out policy, one data source."""
     if args.iterations is None and args.minutes is None:
         raise UsageError("give --iterations N or --minutes M (got neither)")
     if not args.resume and not args.overwrite and args.out.exists():
@@ -160,10 +187,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if (args.gain is None) != (args.offset is None):
         raise UsageError("give both --gain and --offset, or neither")
 
-    import torch
 
-    from noise2atom.train import ResumeError, TrainOptions, Trainer
-    from noise2atom.train_data import TrainingDataError, load_training_data, simulated_training_data
+def _torch_device(args: argparse.Namespace) -> str:
+    """Set torch's CPU threads and resolve ``--device`` (``auto``: cuda when there is one)."""
+    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,26 +204,15 @@ def _run(argv: Sequence[str] | None) -> int:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is available (got torch {torch.__version__}, "
                          "CUDA unavailable)")
-    counts = (args.gain, args.offset) if args.gain is not None else None
-    try:
-        if args.mixture:
-            from noise2atom.mixture import MixtureData
+    return device
 
-            data = MixtureData(n_series=args.mixture_series, size=args.sim_size,
-                               seed=args.sim_seed)
-        elif args.simulate:
-            if args.sim_size < patch:
-                raise TrainingDataError(f"--sim-size {args.sim_size} is smaller than the {patch}x{patch} "
-                                        "patch (got a smaller frame)")
-            data = simulated_training_data(
-                n_frames=args.sim_frames, size=args.sim_size, scene=args.sim_scene,
-                peak_counts=tuple(args.sim_peak_counts), seed=args.sim_seed, patch=patch,
-                percentiles=tuple(args.percentiles), pitch_px=args.sim_pitch, sigma_px=args.sim_sigma)
-            if counts is not None:
-                data.counts = counts
-        else:
-            data = load_training_data(args.frames, patch=patch, dataset=args.dataset,
-                                      percentiles=tuple(args.percentiles), counts=counts)
+
+def _training_data(args: argparse.Namespace, patch: int, log) -> Any:
+    """The frames to train on (files, --simulate or --mixture), with the validation stripe held back."""
+    from noise2atom.train_data import TrainingDataError
+
+    try:
+        data = _load_data(args, patch)
         val_fraction = args.val_fraction
         if val_fraction is None:
             val_fraction = 0.15 if data.n_frames == 1 else 0.0
@@ -215,8 +231,37 @@ def _run(argv: Sequence[str] | None) -> int:
                f"intensity limits lo={n.lo:g} hi={n.hi:g} (percentiles {args.percentiles[0]:g}/"
                f"{args.percentiles[1]:g})")
     log(f"{PROG}: {data.n_frames} frames from {', '.join(data.sources)}; {scaling}")
+    return data
 
-    prior = _prior(args, data, log) if gan else None
+
+def _load_data(args: argparse.Namespace, patch: int) -> Any:
+    """Read or simulate the training frames (raises TrainingDataError or ValueError)."""
+    from noise2atom.train_data import TrainingDataError, load_training_data, simulated_training_data
+
+    counts = (args.gain, args.offset) if args.gain is not None else None
+    if args.mixture:
+        from noise2atom.mixture import MixtureData
+
+        return MixtureData(n_series=args.mixture_series, size=args.sim_size, seed=args.sim_seed)
+    if args.simulate:
+        if args.sim_size < patch:
+            raise TrainingDataError(f"--sim-size {args.sim_size} is smaller than the {patch}x{patch} "
+                                    "patch (got a smaller frame)")
+        data = simulated_training_data(
+            n_frames=args.sim_frames, size=args.sim_size, scene=args.sim_scene,
+            peak_counts=tuple(args.sim_peak_counts), seed=args.sim_seed, patch=patch,
+            percentiles=tuple(args.percentiles), pitch_px=args.sim_pitch, sigma_px=args.sim_sigma)
+        if counts is not None:
+            data.counts = counts
+        return data
+    return load_training_data(args.frames, patch=patch, dataset=args.dataset,
+                              percentiles=tuple(args.percentiles), counts=counts)
+
+
+def _trainer(args: argparse.Namespace, data, prior, *, device: str, patch: int, batch: int, log) -> Any:
+    """A Trainer with the options from the flags, resumed from --out when --resume is given."""
+    from noise2atom.train import ResumeError, TrainOptions, Trainer
+
     try:
         options = TrainOptions(
             method=args.method, size=args.model, iterations=args.iterations, minutes=args.minutes,
@@ -237,9 +282,11 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.method in ("blindspot", "hybrid"):
         log(f"{PROG}: blind-spot loss {trainer.bs_loss}"
             + (f" (gain {data.counts[0]:g}, offset {data.counts[1]:g})" if trainer.bs_loss == "poisson" else ""))
-    t0 = time.perf_counter()
-    result = trainer.run(args.out, progress=not args.quiet, log=log)
-    wall = time.perf_counter() - t0
+    return trainer
+
+
+def _report(args: argparse.Namespace, result, wall: float, log) -> int:
+    """Log the run's summary; the exit code (130 when Ctrl-C stopped it)."""
     last = result.losses[-min(len(result.losses), 50):]
     summary = ", ".join(f"{k} {sum(r[k] for r in last) / len(last):.4g}" for k in last[-1]) if last else "-"
     log(f"{PROG}: {args.method}/{args.model}: iteration {result.iteration} "
