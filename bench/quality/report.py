@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality_scoring import Scores, fit_to_truth
+from bench.quality.scoring import Scores, fit_to_truth
 
 __all__ = ["CaseResult", "MethodResult", "render_markdown", "save_css_figure", "save_grid_figure", "verdict"]
 
