@@ -50,6 +50,19 @@ def test_bm3d_on_counts_beats_the_raw_frame():
     assert scoring.ssim_to_truth(out, s.clean[0]) > scoring.ssim_to_truth(s.noisy[0], s.clean[0])
 
 
+def test_bm3d_with_a_fixed_sigma_uses_it_instead_of_estimating_one():
+    from noise2atom.stem_sim import simulate_series
+
+    s = simulate_series(1, shape=(48, 48), scene="crystal", peak_counts=4.0, seed=3)
+    gain, offset = s.meta["gain_adu_per_count"], s.meta["offset_adu"]
+    estimated, fixed = denoisers.Bm3dDenoiser(gain=gain, offset=offset), denoisers.Bm3dDenoiser(
+        gain=gain, offset=offset, sigma=2.0)
+    a, b = estimated(s.noisy[0]), fixed(s.noisy[0])
+    assert fixed.last_sigma == 2.0 and estimated.last_sigma != 2.0
+    assert not np.allclose(a, b)  # a much larger sigma smooths more
+    assert np.std(b) < np.std(a)
+
+
 def test_score_outputs_rejects_a_wrong_number_of_frames():
     from noise2atom.stem_sim import simulate_series
 
