@@ -12,6 +12,7 @@ import argparse
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10.0, help="timing budget per case (at least 2 steps)")
     p.add_argument("--sizes", nargs="+", default=["lite", "paper"])
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown table (default bench/results/train-speed-<cpu|gpu>.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = ["| method | size | patch | batch | it/s | steps timed |", "|---|---|---|---|---|---|"]
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# n2a-train speed ({args.device})\n\nDevice: {dev}; torch {torch.__version__}, "
             f"{args.threads} thread(s). The shared 2-core machine had other jobs running, so treat "
             "CPU numbers as lower bounds.\n\n" + "\n".join(rows) + "\n")
-    out = RESULTS / f"train-speed-{'gpu' if args.device.startswith('cuda') else 'cpu'}.md"
+    out = args.out or RESULTS / f"train-speed-{'gpu' if args.device.startswith('cuda') else 'cpu'}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     return 0
