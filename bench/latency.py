@@ -90,13 +90,9 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
         time.sleep(0.01)
     replay.start()
     deadline = time.monotonic() + n / max(fps, 0.1) * 3 + 60
-    first = None
     while len(client.rows) < n and time.monotonic() < deadline:
-        if first is None and client.rows:
-            first = time.perf_counter()
         stream.maybe_raise()
         time.sleep(0.005)
-    done = time.perf_counter()
     got = len(client.rows)
     engine_name, selected = stream.engine_name, stream.engine_info.get("selected", "")
     summary = stream.stop()
@@ -105,8 +101,11 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     ctx.term()
     stages = {k: float(np.median([r["timing"][k] for r in client.rows])) / 1e6
               for k in ("receive", "queue", "normalise", "denoise", "css", "receive_to_publish")}
-    # Throughput from the first to the last output (the first frame's start-up excluded).
-    fps_out = (got - 1) / (done - first) if got > 1 and first else float("nan")
+    # Throughput from the first to the last output received (the first frame's start-up excluded);
+    # the client's receive times, so a run that ends before this loop first looks is still timed.
+    rows = client.rows[:got]
+    span = rows[-1]["t"] - rows[0]["t"] if got > 1 else 0.0
+    fps_out = (got - 1) / span if span > 0 else float("nan")
     lat = np.array(client.latency_ms)
     return {"received": got, "sent": n, "dropped": summary["dropped"],
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
