@@ -1,4 +1,6 @@
-"""The quality benchmark's report: markdown tables, a verdict computed from the numbers, figures."""
+"""The quality benchmark's report: markdown tables, a verdict computed from the numbers, figures.
+
+Writes where `bench.quality.simulated` says (``--out``, default bench/results/quality.md and PNGs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
