@@ -8,7 +8,8 @@ DEMO_FRAMES ?= 150
 # gpu-check: torch from PyPI is a CUDA build (2.13.0: CUDA 13, as onnxruntime-gpu 1.31)
 GPU_TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test demo install bench-engines bench-latency bench-quality bench-viewer gpu-check gpu-check-plan model clean
+.PHONY: test demo install bench-engines bench-latency bench-guard bench-learn bench-train-speed bench-quality \
+	bench-viewer gpu-check gpu-check-plan model clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +32,18 @@ bench-engines: $(BIN)/.installed
 bench-latency: $(BIN)/.installed
 	$(BIN)/python -m bench.latency
 
+bench-guard: $(BIN)/.installed
+	$(BIN)/python -m bench.guard
+
+bench-learn: $(BIN)/.installed
+	$(BIN)/python -m bench.learn
+
+bench-train-speed: $(BIN)/.installed
+	$(BIN)/python -m bench.train_speed
+
+# On n2a's simulator (bench.quality.simulated), then on material n2a did not make (bench.quality.external).
 bench-quality: $(BIN)/.installed
 	$(BIN)/python -m bench.quality
-	$(BIN)/python -m bench.quality_external
 
 bench-viewer: $(BIN)/.installed
 	$(BIN)/python -m bench.viewer
@@ -41,10 +51,10 @@ bench-viewer: $(BIN)/.installed
 # On a GPU machine (PyPI only): its own venv with CUDA torch + onnxruntime-gpu, gpu tests, GPU
 # benchmarks, 3 min of training per method; about 8 minutes. Writes bench/results/*-gpu.md.
 gpu-check:
-	TORCH_SPEC="$(GPU_TORCH_SPEC)" $(PYTHON) bench/gpu_check.py
+	TORCH_SPEC="$(GPU_TORCH_SPEC)" $(PYTHON) -m bench.gpu_check
 
 gpu-check-plan:
-	$(PYTHON) bench/gpu_check.py --dry-run
+	$(PYTHON) -m bench.gpu_check --dry-run
 
 # The bundled model (models/README.md): supervised on the random-microscope mixture, ~20 minutes on
 # a shared 2-core CPU. Iterations, not minutes, so a faster machine does the same training.

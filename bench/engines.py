@@ -4,12 +4,14 @@ Runs every (model, back end, frame size) case in its own child process, so each 
 (``getrusage``) is its own. Per case: open and enter the engine, warm up, then time ``infer`` on
 batch-1 frames with ``perf_counter_ns`` (and CUDA events around it on the GPU back ends' own
 synchronisation: ``infer`` returns host arrays, so a frame's time is complete when it returns).
-Weights are random-init (seeded): speed does not depend on them. Writes a markdown table.
+Weights are random-init (seeded): speed does not depend on them. Writes a markdown table to
+``bench/results/engines-cpu.md`` (``--out``).
 
-    python bench/engines.py                      # CPU: lite and paper, 256², 512², 1024²
-    python bench/engines.py --quick              # fewer repeats
-    python bench/engines.py --sides 512,1024 --out bench/results/engines-gpu.md   # on a GPU machine
-    python bench/engines.py --engines onnxruntime-cpu --sizes lite --sides 64 --repeats 1,3  # smoke
+    make bench-engines                               # = python -m bench.engines
+    python -m bench.engines                          # CPU: lite and paper, 256², 512², 1024²
+    python -m bench.engines --quick                  # fewer repeats
+    python -m bench.engines --sides 512,1024 --out bench/results/engines-gpu.md   # on a GPU machine
+    python -m bench.engines --engines onnxruntime-cpu --sizes lite --sides 64 --repeats 1,3  # smoke
 
 Engines (``--engines``, default: every one that can run here): ``onnxruntime-cpu``, ``pytorch-cpu``,
 ``pytorch-cpu1`` (one thread), ``pytorch-cuda`` (eager), ``pytorch-compiled`` (``torch.compile``
@@ -32,13 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path and `bench/engines.py` would shadow
-# the `engines` package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+from bench.harness import RESULTS, ROOT, random_checkpoint
 
-RESULTS = _HERE / "results"
 SIDES = (256, 512, 1024)
 # (warm-up, timed) frames per case; the paper model on 2 CPU cores takes tens of seconds per 1024² frame.
 REPEATS = {
@@ -129,18 +126,7 @@ def run_case(ckpt: str, backend: str, device: str, precision: str, side: int, wa
 
 
 def _make_checkpoints(folder: Path, sizes) -> dict[str, Path]:
-    import torch
-
-    from noise2atom.checkpoint import ModelConfig, Normalisation, fingerprint_frames, save_checkpoint
-    from noise2atom.models import build_generator
-
-    out = {}
-    for size in sizes:
-        torch.manual_seed(0)
-        config = ModelConfig(size=size, method="blindspot", normalisation=Normalisation(lo=0.0, hi=1.0),
-                             data=fingerprint_frames([np.zeros((1, 8, 8), np.uint16)], sources=["bench"]))
-        out[size] = save_checkpoint(folder / f"bench-{size}.safetensors", config, build_generator(size).state_dict())
-    return out
+    return {size: random_checkpoint(folder / f"bench-{size}.safetensors", size) for size in sizes}
 
 
 def _engines_here(size: str, names: list[str] | None, precisions: list[str]) -> list[tuple]:
@@ -225,7 +211,7 @@ def _verdicts(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="lite,paper")
     p.add_argument("--sides", default=",".join(map(str, SIDES)))
     p.add_argument("--engines", default=None, help=f"comma list of {', '.join(ENGINES)} (default: what runs here)")
@@ -283,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             base = dict(model=size, engine=name, backend=label, device=device, precision=precision, side=side)
             try:
-                proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
-                                      capture_output=True, text=True, timeout=args.case_timeout)
+                proc = subprocess.run([sys.executable, "-m", "bench.engines", "--case", json.dumps(case)],
+                                      cwd=ROOT, capture_output=True, text=True, timeout=args.case_timeout)
             except subprocess.TimeoutExpired:
                 rows.append(dict(base, error=f"timed out after {args.case_timeout:g} s"))
                 print(f"  timed out after {args.case_timeout:g} s", file=sys.stderr)
@@ -308,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args, rows, skipped, exports, load_before, load_after) -> list[str]:
-    command = " ".join(["python bench/engines.py", *(sys.argv[1:] if __name__ == "__main__" else [])])
+    command = " ".join(["python -m bench.engines", *(sys.argv[1:] if __name__ == "__main__" else [])])
     lines = [
         "# Engine back ends side by side",
         "",

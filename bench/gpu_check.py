@@ -10,11 +10,12 @@ at one dose, and writes ``bench/results/gpu-check-gpu.md`` (plus ``engines-gpu.m
 ``latency-gpu.md``, ``quality-gpu-*``). Every step has its own timeout, capped by what is left of
 ``--budget-min``; a failing or timed-out step is reported and the run goes on.
 
-Standard library only (it runs before the venv exists)::
+Standard library only, and no import of the rest of `bench` (it runs before the venv exists, also
+as a plain script: ``python3 bench/gpu_check.py``)::
 
-    python3 bench/gpu_check.py --dry-run      # print the plan, run nothing
-    python3 bench/gpu_check.py                # on the GPU machine (make gpu-check)
-    python3 bench/gpu_check.py --use-python /opt/torch/.venv/bin/python3 --wheels wheels/
+    python3 -m bench.gpu_check --dry-run      # print the plan, run nothing (make gpu-check-plan)
+    python3 -m bench.gpu_check                # on the GPU machine (make gpu-check)
+    python3 -m bench.gpu_check --use-python /opt/torch/.venv/bin/python3 --wheels wheels/
         # a GPU machine with no network: its own CUDA torch, n2a's missing dependencies as wheels
         # (onnxruntime-gpu is ~300 MB; where it cannot be carried, the ONNX Runtime CUDA rows fail
         # and say so)
@@ -64,7 +65,7 @@ def plan(args) -> list[Step]:
              f"--sim-size 256 --sim-frames 40 --model {args.train_model} --device cuda --minutes {m} "
              f"--quiet --seed 0")
     # Scored on the CPU cores the benchmarks leave alone, so the GPU stays quiet for them.
-    quality = (f"taskset -c {args.quality_cpus} {py} -m bench.quality --no-train --doses {args.dose:g} "
+    quality = (f"taskset -c {args.quality_cpus} {py} -m bench.quality.simulated --no-train --doses {args.dose:g} "
                f"--scenes crystal --no-bm3d")
     latency_engine = "--engine auto" if args.use_python else "--engine onnxruntime --device cuda"
     cpu_only = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
@@ -96,12 +97,12 @@ def plan(args) -> list[Step]:
         Step("train-blindspot", f"mkdir -p {work} && {train} --method blindspot --out {work}/blindspot.safetensors",
              args.train_minutes * 60 + 60, background=True),
         Step("gpu-tests", f"{py} -m pytest -q -p no:cacheprovider -m gpu --timeout 120 tests/engines", 150),
-        Step("bench-engines", f"{py} bench/engines.py --sizes lite,paper --sides 512,1024 "
+        Step("bench-engines", f"{py} -m bench.engines --sizes lite,paper --sides 512,1024 "
                               f"--precisions fp32,fp16 --repeats 10,100 --case-timeout 90 --budget-s 110 "
                               f"--out bench/results/engines-gpu.md", 130,
              wait=("train-noise2atom", "train-blindspot")),
         # ONNX Runtime CUDA opens in seconds; without onnxruntime-gpu (--use-python), auto (compiled torch).
-        Step("bench-latency", f"{py} bench/latency.py {latency_engine} --model-size paper "
+        Step("bench-latency", f"{py} -m bench.latency {latency_engine} --model-size paper "
                               f"--sizes 1024 --fps 60 --frames 120 --warmup-frames 10 "
                               f"--out bench/results/latency-gpu.md", 75),
         Step("quality-wait", "true", 5, wait=("quality-noise2atom", "quality-blindspot")),
@@ -184,7 +185,7 @@ def report(args, outcomes: list[Outcome], total: float) -> str:
     lines = [
         "# GPU check",
         "",
-        f"Card (name, driver, memory, compute capability): {card}. Written by `python3 bench/gpu_check.py` "
+        f"Card (name, driver, memory, compute capability): {card}. Written by `python3 -m bench.gpu_check` "
         f"on {time.strftime('%Y-%m-%d %H:%M %Z')} in {total / 60:.1f} min (budget {args.budget_min:g} min); "
         + (f"the machine's own Python `{args.use_python}` (no venv)." if args.use_python
            else f"torch spec `{args.torch_spec}`."),
@@ -214,7 +215,7 @@ def report(args, outcomes: list[Outcome], total: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="print the plan and its timeouts; run nothing")
     p.add_argument("--budget-min", type=float, default=8.0, help="the whole run (default 8)")
     p.add_argument("--train-minutes", type=float, default=3.0)

@@ -11,11 +11,12 @@ For each frame size (256², 512², 1024²):
    sustained frame rate. Overhead = bare engine time / stream frame time − 1, i.e. what the
    streamer (receive, normalise, CSS of raw and denoised, encode, send) adds to the engine.
 
-Writes ``bench/results/latency-cpu.md``. Usage: ``python bench/latency.py [--sizes 256 512 1024]``.
+Writes ``bench/results/latency-cpu.md``. Usage: ``make bench-latency`` or
+``python -m bench.latency [--sizes 256 512 1024]``.
 The model is the bundled one when present, else a random-initialised lite generator (the same
 compute; weights do not change the timing). On a GPU::
 
-    python bench/latency.py --engine auto --model-size paper --sizes 512 1024 --fps 60 \
+    python -m bench.latency --engine auto --model-size paper --sizes 512 1024 --fps 60 \
         --warmup-frames 10 --out bench/results/latency-gpu.md
 
 ``--model-size paper`` uses a random-initialised paper generator; ``--fps`` paces the source at
@@ -29,7 +30,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,32 +38,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, bench/ is first on sys.path and bench/engines.py would shadow the engines package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+from bench.harness import RESULTS, OutputClient, timing_model  # noqa: E402
+
 FRAMES = {256: 40, 512: 24, 1024: 10}
-
-
-def _model(tmp: Path, size: str = "lite") -> tuple[Path, str]:
-    from noise2atom.checkpoint import default_model_path, load_checkpoint
-
-    bundled = default_model_path()
-    if bundled.is_file() and load_checkpoint(bundled).config.size == size:
-        return bundled, f"bundled ({bundled.name})"
-    import torch
-
-    from noise2atom.checkpoint import ModelConfig, Normalisation, fingerprint_frames, save_checkpoint
-    from noise2atom.models import build_generator
-    from noise2atom.stem_sim import StemSimulator
-
-    torch.manual_seed(0)
-    sim = StemSimulator(shape=(128, 128), seed=0)
-    frames = np.stack([sim.frame(t).noisy for t in range(4)])
-    cfg = ModelConfig(size=size, method="blindspot", normalisation=Normalisation.from_frames(frames),
-                      data=fingerprint_frames([frames], meta=sim.meta))
-    path = save_checkpoint(tmp / f"{size}.safetensors", cfg, build_generator(size).state_dict())
-    return path, f"random-init {size} (no bundled {size} model)"
 
 
 def bare_engine_ms(model: Path, frames: list[np.ndarray], n: int, engine: str = "onnxruntime",
@@ -93,39 +70,6 @@ def _gpu() -> str:
     return torch.cuda.get_device_name(0)
 
 
-class Client(threading.Thread):
-    """SUB client: t_acq -> received latency and the header timings of every output."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str, skip: int = 0) -> None:
-        super().__init__(daemon=True)
-        self.skip = skip  # first outputs left out of the statistics (compilation, capture)
-        self.seen = 0
-        from streamer.protocol import decode
-
-        self.decode = decode
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
-        self.sock.subscribe(b"")
-        self.latency_ms: list[float] = []
-        self.timings: list[dict] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            if self.sock.poll(50):
-                parts = self.sock.recv_multipart(copy=False)
-                t = time.time_ns()
-                m = self.decode(parts)
-                if m.type == "frame":
-                    self.seen += 1
-                    if self.seen <= self.skip:
-                        continue
-                    self.latency_ms.append((t - m.t_acq_ns) / 1e6)
-                    self.timings.append(m.header["timing"])
-        self.sock.close(0)
-
-
 def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
                saturated: bool, css: bool = True, engine: str = "onnxruntime", device: str | None = None,
                skip: int = 0) -> dict:
@@ -139,31 +83,29 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     stream = Stream(source=replay.bind(), model=model, engine=engine, device=device,
                     pattern="pull" if saturated else "sub",
                     policy="block" if saturated else "latest", max_queue=2, css=css).start()
-    client = Client(ctx, stream.out_endpoint, skip=skip)
+    client = OutputClient(ctx, stream.out_endpoint, skip=skip)
     client.start()
     deadline = time.monotonic() + 10
     while stream.subscriptions < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     replay.start()
     deadline = time.monotonic() + n / max(fps, 0.1) * 3 + 60
-    first = None
-    while len(client.latency_ms) < n and time.monotonic() < deadline:
-        if first is None and client.latency_ms:
-            first = time.perf_counter()
+    while len(client.rows) < n and time.monotonic() < deadline:
         stream.maybe_raise()
         time.sleep(0.005)
-    done = time.perf_counter()
-    got = len(client.latency_ms)
+    got = len(client.rows)
     engine_name, selected = stream.engine_name, stream.engine_info.get("selected", "")
     summary = stream.stop()
-    client.stop.set()
-    client.join(5)
+    client.close()
     replay.close()
     ctx.term()
-    stages = {k: float(np.median([t[k] for t in client.timings])) / 1e6
+    stages = {k: float(np.median([r["timing"][k] for r in client.rows])) / 1e6
               for k in ("receive", "queue", "normalise", "denoise", "css", "receive_to_publish")}
-    # Throughput from the first to the last output (the first frame's start-up excluded).
-    fps_out = (got - 1) / (done - first) if got > 1 and first else float("nan")
+    # Throughput from the first to the last output received (the first frame's start-up excluded);
+    # the client's receive times, so a run that ends before this loop first looks is still timed.
+    rows = client.rows[:got]
+    span = rows[-1]["t"] - rows[0]["t"] if got > 1 else 0.0
+    fps_out = (got - 1) / span if span > 0 else float("nan")
     lat = np.array(client.latency_ms)
     return {"received": got, "sent": n, "dropped": summary["dropped"],
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
@@ -171,9 +113,9 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency-cpu.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "latency-cpu.md")
     p.add_argument("--engine", default="onnxruntime", help="engine back end (default onnxruntime; auto on a GPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--model-size", choices=("lite", "paper"), default="lite")
@@ -186,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model, model_note = _model(Path(tmp), args.model_size)
+        model, model_note = timing_model(Path(tmp), args.model_size)
         for size in args.sizes:
             n = args.frames or FRAMES.get(size, 20)
             source, _ = simulated_source(shape=(size, size), precompute=4)
@@ -212,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {_gpu()} "
         f"(shared with other jobs while measured), {platform.python_version()}; "
-        f"model: {model_note}. Made by `{' '.join(['python bench/latency.py', *(argv or sys.argv[1:])])}`, "
+        f"model: {model_note}. Made by `{' '.join(['python -m bench.latency', *(argv or sys.argv[1:])])}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}.",
         *([f"{selected}.", ""] if selected else [""]),
         "Throughput: PUSH/PULL, `--policy block`, source unpaced; ms/frame = 1 / sustained rate. "

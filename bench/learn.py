@@ -11,15 +11,13 @@ second with and without learning, latency p50/p99 overall and around swaps (fram
 1 s after a swap), frames dropped.
 
 Writes ``bench/results/learn-cpu.md`` and ``learn-cpu.png``. Usage:
-``python -m bench.learn [--seconds 60] [--fps 5] [--size 256]``.
+``make bench-learn`` or ``python -m bench.learn [--seconds 60] [--fps 5] [--size 256]``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,42 +26,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+from bench.harness import RESULTS, OutputClient  # noqa: E402
 
 SCENE = dict(scene="crystal", peak_counts=0.6, pitch_px=11.0, sigma_px=2.2, gain=3.7,
              offset_adu=2000.0, read_noise=0.5, drift_px_per_frame=0.15, seed=11)
-
-
-class Client(threading.Thread):
-    """SUB client keeping (seq, model, learn, received time, latency, denoised) of every output."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
-        super().__init__(daemon=True)
-        from streamer.protocol import decode
-
-        self.decode = decode
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
-        self.sock.subscribe(b"")
-        self.rows: list[dict] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            if self.sock.poll(50):
-                parts = self.sock.recv_multipart(copy=False)
-                t = time.time_ns()
-                m = self.decode(parts)
-                if m.type == "frame":
-                    self.rows.append({"seq": m.seq, "model": m.header.get("model"),
-                                      "learn": m.header.get("learn"), "t": t / 1e9,
-                                      "latency_ms": (t - m.t_acq_ns) / 1e6,
-                                      "dropped": m.header.get("dropped", 0),
-                                      "denoised": np.array(m.arrays["denoised"])})
-        self.sock.close(0)
 
 
 def run(frames: np.ndarray, *, fps: float, learn: bool, model: Path | None) -> dict:
@@ -80,7 +46,7 @@ def run(frames: np.ndarray, *, fps: float, learn: bool, model: Path | None) -> d
     if learn:
         options["learn"] = LearnConfig()
     stream = Stream(**options).start()
-    client = Client(ctx, stream.out_endpoint)
+    client = OutputClient(ctx, stream.out_endpoint, keep_denoised=True)
     client.start()
     deadline = time.monotonic() + 20
     while stream.subscriptions < 1 and time.monotonic() < deadline:
@@ -92,8 +58,7 @@ def run(frames: np.ndarray, *, fps: float, learn: bool, model: Path | None) -> d
         stream.maybe_raise()
         time.sleep(0.02)
     summary = stream.stop()
-    client.stop.set()
-    client.join(5)
+    client.close()
     replay.close()
     ctx.term()
     return {"rows": client.rows, "t0": t0, "summary": summary}
@@ -102,7 +67,7 @@ def run(frames: np.ndarray, *, fps: float, learn: bool, model: Path | None) -> d
 def best_gaussian(noisy: np.ndarray, clean: np.ndarray) -> tuple[float, list[float]]:
     from scipy.ndimage import gaussian_filter
 
-    from bench.quality_scoring import ssim_to_truth
+    from bench.quality.scoring import ssim_to_truth
 
     sigmas = [0.5, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0]
     probe = range(min(5, len(noisy)))
@@ -114,14 +79,14 @@ def best_gaussian(noisy: np.ndarray, clean: np.ndarray) -> tuple[float, list[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.learn", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--fps", type=float, default=5.0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--model", type=Path, default=None, help="starting model (default: bundled)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "learn-cpu.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "learn-cpu.md")
     args = p.parse_args(argv)
-    from bench.quality_scoring import ssim_to_truth
+    from bench.quality.scoring import ssim_to_truth
     from noise2atom.stem_sim import simulate_series
 
     n = int(args.seconds * args.fps)

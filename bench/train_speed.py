@@ -3,8 +3,8 @@
 Times ``Trainer.step`` after one warm-up step on simulated frames, for each method and size,
 and writes a markdown table to ``bench/results/train-speed-<device>.md``::
 
-    .venv/bin/python bench/train_speed.py                 # CPU, 1 thread
-    .venv/bin/python bench/train_speed.py --device cuda   # GPU, when there is one
+    make bench-train-speed                             # = python -m bench.train_speed (CPU, 1 thread)
+    python -m bench.train_speed --device cuda          # GPU, when there is one
 """
 from __future__ import annotations
 
@@ -14,15 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from noise2atom.target_sim import TargetPrior  # noqa: E402
-from noise2atom.train import TrainOptions, Trainer  # noqa: E402
-from noise2atom.train_data import simulated_training_data  # noqa: E402
+from bench.harness import RESULTS
+from noise2atom.target_sim import TargetPrior
+from noise2atom.train import TrainOptions, Trainer
+from noise2atom.train_data import simulated_training_data
 
 # (method, size, patch, batch): the CLI defaults, plus the GAN at 64² (the CPU-friendly patch).
 CASES = [
@@ -51,11 +48,13 @@ def measure(method: str, size: str, patch: int, batch: int, *, device: str, seco
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10.0, help="timing budget per case (at least 2 steps)")
     p.add_argument("--sizes", nargs="+", default=["lite", "paper"])
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown table (default bench/results/train-speed-<cpu|gpu>.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = ["| method | size | patch | batch | it/s | steps timed |", "|---|---|---|---|---|---|"]
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# n2a-train speed ({args.device})\n\nDevice: {dev}; torch {torch.__version__}, "
             f"{args.threads} thread(s). The shared 2-core machine had other jobs running, so treat "
             "CPU numbers as lower bounds.\n\n" + "\n".join(rows) + "\n")
-    out = ROOT / "bench" / "results" / f"train-speed-{'gpu' if args.device.startswith('cuda') else 'cpu'}.md"
+    out = args.out or RESULTS / f"train-speed-{'gpu' if args.device.startswith('cuda') else 'cpu'}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     return 0

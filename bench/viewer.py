@@ -10,8 +10,9 @@ goes to an offscreen raster backing store, as it would on a display without GPU 
 2. Keep-up: a real PUB socket on loopback sends protocol-v1 frames at 10, 30 and 60 fps for a few
    seconds; the window runs its own timer loop; frames displayed vs display skips are counted.
 
-Usage::
+Writes ``bench/results/viewer-cpu.md``. Usage::
 
+    make bench-viewer
     python -m bench.viewer [--sizes 512 1024] [--rates 10 30 60] [--seconds 5] [--out bench/results/viewer-cpu.md]
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
+
+from bench.harness import RESULTS  # noqa: E402
 
 __all__ = ["main"]
 
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", type=float, nargs="+", default=[10, 30, 60])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--updates", type=int, default=150, help="display updates timed per size")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "viewer-cpu.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "viewer-cpu.md")
     args = p.parse_args(argv)
 
     import pyqtgraph as pg

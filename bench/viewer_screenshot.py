@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import ROOT
 
 __all__ = ["main"]
 

@@ -7,21 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.external_data import abtem_fields, drift_series, load_real_images, load_tk_pairs, nearest_spacing
-from bench.quality_external import (
+from bench.quality.external import (
     ModelDenoiser,
     abtem_series,
     not_flat_checks,
     run_series,
     tk_pair_series,
 )
-from bench.quality_external_report import render
+from bench.quality.external_data import (
+    ABTEM_DATA,
+    SHARED_DATA,
+    abtem_fields,
+    drift_series,
+    load_real_images,
+    load_tk_pairs,
+    nearest_spacing,
+)
+from bench.quality.external_report import render
 from noise2atom.checkpoint import default_model_path
 from noise2atom.metrics import detect_atoms, score_atoms
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-if not SHARED.is_dir():  # a worktree under /work/wt/: shared/ sits one level higher
-    SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+# ../shared/data beside the clone (CI) or beside /work/wt/ (a worktree); $N2A_SHARED_DATA overrides.
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_abtem_fields_are_small_and_their_columns_follow_the_drift():
     fields = abtem_fields()
     assert len(fields) >= 2, "expected at least two abTEM fields in bench/data"
     for name, d in fields.items():
-        path = Path(__file__).resolve().parents[2] / "bench" / "data" / f"abtem_{name}.npz"
+        path = ABTEM_DATA / f"abtem_{name}.npz"
         assert path.stat().st_size <= 1_000_000
         assert d["field"].dtype == np.float32 and max(d["field"].shape) <= 256
         s = abtem_series(name, d, 1.0, n_frames=3, crop=64, seed=1)

@@ -4,7 +4,8 @@ At the microscope a model is trained on the experiment's own earlier frames and 
 frames that follow. The benchmark does the same: one drifting series per (dose, scene) from
 `noise2atom.stem_sim`, its first frames for training, its last frames for scoring. Filter settings
 (Gaussian sigma, median size) are chosen on a *separate* series with its own seed, so no baseline is
-tuned on the frames it is scored on.
+tuned on the frames it is scored on. Used by `bench.quality.simulated` and
+`bench.quality.training_curve`; writes nothing.
 """
 from __future__ import annotations
 

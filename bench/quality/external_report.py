@@ -1,4 +1,5 @@
-"""Markdown tables and the real-image grid for `bench.quality_external`."""
+"""Markdown tables and the real-image grid for `bench.quality.external` (which says where they go:
+bench/results/quality-external.md and docs/quality-grid-real.png by default). Measures nothing itself."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from bench.harness import RESULTS
 
 __all__ = ["render", "save_real_grid"]
 
@@ -41,12 +44,12 @@ def _table(doses: dict, metric: str, digits: int) -> list[str]:
 
 
 def render(r: dict, grid: Path) -> str:
-    rel_grid = os.path.relpath(grid, Path(__file__).resolve().parents[1] / "bench" / "results")
+    rel_grid = os.path.relpath(grid, RESULTS)
     lines = [
         "# Denoising quality on material n2a did not make",
         "",
         f"- Date (UTC): {r['started']}; run time {r['elapsed_s'] / 60:.0f} min; "
-        f"command `python -m bench.quality_external {' '.join(r['argv'])}`.",
+        f"command `python -m bench.quality.external {' '.join(r['argv'])}`.",
         f"- Machine: {r['machine']}.",
         f"- Model scored without training on the data: `{r['model']}` (model id {r['model_id']}); input "
         "scaling from each series itself (`noise2atom.scaling.estimate_scaling` over the series' frames, or "
@@ -97,7 +100,7 @@ def render(r: dict, grid: Path) -> str:
 
 
 def _abtem_fields() -> dict:
-    from bench.external_data import abtem_fields
+    from bench.quality.external_data import abtem_fields
 
     return abtem_fields()
 

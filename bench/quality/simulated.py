@@ -1,30 +1,26 @@
-"""Denoising quality against known truth, side by side with what microscopists use today.
+"""Denoising quality against known truth on n2a's own simulator, side by side with what
+microscopists use today.
 
 For each (dose, scene) a drifting STEM series is simulated with `noise2atom.stem_sim`; its earlier
 frames train the in-series n2a models (as at the microscope), its later frames are scored. Every
-denoiser runs on the same scored frames and is scored the same way (`bench.quality_scoring`).
+denoiser runs on the same scored frames and is scored the same way (`bench.quality.scoring`).
 Writes ``quality.md``, ``quality.json`` and PNG figures to ``--out`` (default bench/results/).
 
-Run: ``make bench-quality`` or ``.venv/bin/python bench/quality.py [--minutes 3] [--quick]``.
+Run: ``make bench-quality`` (first part) or ``python -m bench.quality.simulated [--minutes 3] [--quick]``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/quality.py` from a clean checkout
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.quality_denoisers import (  # noqa: E402
+from bench.harness import RESULTS, ROOT, machine
+from bench.quality.denoisers import (
     Bm3dDenoiser,
     EngineDenoiser,
     FilterDenoiser,
@@ -32,7 +28,7 @@ from bench.quality_denoisers import (  # noqa: E402
     choose_filter_setting,
     run_denoiser,
 )
-from bench.quality_report import (  # noqa: E402
+from bench.quality.report import (
     CaseResult,
     MethodResult,
     display_crop,
@@ -41,10 +37,10 @@ from bench.quality_report import (  # noqa: E402
     save_css_figure,
     save_grid_figure,
 )
-from bench.quality_scoring import DetectorSettings, score_outputs, ssim_to_truth  # noqa: E402
-from bench.quality_series import SeriesSpec, make_bench_series, make_tuning_series  # noqa: E402
+from bench.quality.scoring import DetectorSettings, score_outputs, ssim_to_truth
+from bench.quality.series import SeriesSpec, make_bench_series, make_tuning_series
 
-__all__ = ["main", "run_case"]
+__all__ = ["GAUSSIAN_SIGMAS", "case_seed", "main", "run_case"]
 
 GAUSSIAN_SIGMAS = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
 MEDIAN_SIZES = [3, 5, 7]
@@ -57,25 +53,10 @@ METHOD_LABELS = {
 }
 
 
-def _machine() -> str:
-    cores = os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {cores} CPU cores (shared with other jobs; "
-            f"load average {load:.1f} at the start), no GPU; Python {platform.python_version()}")
-
-
-def _bm3d_with_sigma(sigma: float, gain: float, offset: float):
+def _bm3d_with_sigma(sigma: float, gain: float, offset: float) -> Bm3dDenoiser:
     """A BM3D denoiser with a fixed Anscombe-domain sigma (for the oracle row)."""
-    from bench.quality_denoisers import anscombe, inverse_anscombe
-
-    def f(frame: np.ndarray) -> np.ndarray:
-        import bm3d
-
-        z = anscombe((np.asarray(frame, dtype=np.float64) - offset) / gain)
-        return inverse_anscombe(bm3d.bm3d(z, sigma)).astype(np.float32)
-
-    f.name = f"BM3D (Anscombe, sigma {sigma:g} picked with truth on a separate series)"
-    return f
+    return Bm3dDenoiser(gain=gain, offset=offset, sigma=sigma,
+                        name=f"BM3D (Anscombe, sigma {sigma:g} picked with truth on a separate series)")
 
 
 def run_case(
@@ -170,12 +151,12 @@ def run_case(
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.quality.simulated", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=2.0,
                    help="training budget per in-series model, in wall-clock minutes (default 2)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for a smoke run (one dose per scene, 64² frames, 10 s of training)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write the report")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the report")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "quality",
                    help="where to keep in-series checkpoints (not committed)")
     p.add_argument("--doses", type=float, nargs="+", default=[0.4, 1.0, 4.0],
@@ -211,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return _add_default(args)
     t_start = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="minutes")
-    machine = _machine()
+    machine_note = machine()
     if args.quick:
         args.size, args.n_train, args.n_score = 64, 8, 4
         args.doses = args.doses[:1] if len(args.doses) < 3 else [args.doses[1]]
@@ -228,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for dose in args.doses:
         for scene in args.scenes:
             spec = SeriesSpec(dose=dose, scene=scene, size=args.size, n_train=args.n_train,
-                              n_score=args.n_score, seed=_seed(dose, scene))
+                              n_score=args.n_score, seed=case_seed(dose, scene))
             print(f"[{time.perf_counter() - t_start:5.0f} s] {spec.key}", flush=True)
             ckpts: dict[str, Path] = {}
             notes: dict[str, str] = {}
@@ -236,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpts["n2a-default"] = Path(default_model)
                 notes["n2a-default"] = "bundled (not trained on this series)"
             if methods:
-                from bench.quality_training import train_in_series
+                from bench.quality.training import train_in_series
 
                 series = make_bench_series(spec)
                 for method in methods:
@@ -252,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                                   bm3d_oracle=args.bm3d_oracle and not args.no_bm3d,
                                   crop_size=min(96, args.size)))
 
-    _write(cases, args, machine=machine, started=started, methods=methods, have_default=have_default,
+    _write(cases, args, machine=machine_note, started=started, methods=methods, have_default=have_default,
            elapsed_s=time.perf_counter() - t_start, argv_used=argv)
     print(f"wrote {args.out / 'quality.md'} in {time.perf_counter() - t_start:.0f} s")
     return 0
 
 
-def _seed(dose: float, scene: str) -> int:
+def case_seed(dose: float, scene: str) -> int:
+    """The seed of one (dose, scene) case: the same series in every run and in `training_curve`."""
     return int(round(dose * 1000)) * 10 + ("crystal", "nanoparticle", "mixed").index(scene)
 
 
@@ -276,7 +258,7 @@ def _write(cases: list[CaseResult], args, *, machine: str, started: str, methods
     figures.append(("CSS (ours) between consecutive scored frames, per denoiser", "quality_css.png"))
 
     given = argv_used if argv_used is not None else sys.argv[1:]
-    cmd = "make bench-quality" if not given else "python bench/quality.py " + " ".join(given)
+    cmd = "make bench-quality" if not given else "python -m bench.quality.simulated " + " ".join(given)
     budget = ("no in-series training (baselines only)" if not methods else
               f"{args.minutes:g} wall-clock minutes per in-series model ({', '.join(methods)}), on this shared "
               "CPU (iterations reached in the training column) — what a user could spend at the microscope; "
@@ -344,7 +326,7 @@ def _add_default(args) -> int:
     size, n_train, n_score = _series_shape(data["header"], args)
     for c in data["cases"]:
         spec = SeriesSpec(dose=c["dose"], scene=c["scene"], size=size, n_train=n_train, n_score=n_score,
-                          seed=_seed(c["dose"], c["scene"]))
+                          seed=case_seed(c["dose"], c["scene"]))
         print(spec.key, flush=True)
         res = run_case(spec, checkpoints={"n2a-default": path},
                        training_notes={"n2a-default": "bundled (not trained on this series)"},
@@ -354,7 +336,7 @@ def _add_default(args) -> int:
         c["methods"].append({"key": m.key, "label": m.label, "training": m.training, **m.scores.row(),
                              "css_curve": m.scores.css_curve})
     data["header"] = [h for h in data["header"] if not h.startswith("- Bundled default model")]
-    data["header"].append(f"- Bundled default model: added later with `python bench/quality.py --add-default` "
+    data["header"].append(f"- Bundled default model: added later with `python -m bench.quality.simulated --add-default` "
                           f"on the same seeded series ({_dt.date.today().isoformat()}); not in the image grids.")
     (args.out / "quality.json").write_text(json.dumps(data, indent=1, allow_nan=True))
     return _rerender(args.out)
@@ -373,7 +355,7 @@ def _series_shape(header: list[str], args) -> tuple[int, int, int]:
 
 def _rerender(out: Path) -> int:
     """quality.md again from quality.json (e.g. after a change to the report text)."""
-    from bench.quality_report import cases_from_json
+    from bench.quality.report import cases_from_json
 
     data = json.loads((out / "quality.json").read_text())
     md = render_markdown(cases_from_json(data["cases"]), header=data["header"],

@@ -4,8 +4,9 @@ Baselines are what a microscopist would reach for today: the raw frame, a Gaussi
 filter (their one setting chosen on a separate series with truth, i.e. the best a user could hope for)
 and BM3D (its noise level estimated from the data, as a user would, on Anscombe-transformed counts).
 n2a models run through `engines.open_engine` with the ONNX Runtime back end, the one that runs live
-on CPU. Outputs are in each method's own intensity units; `bench.quality_scoring` puts them on the
-truth's scale before comparing.
+on CPU. Outputs are in each method's own intensity units; `bench.quality.scoring` puts them on the
+truth's scale before comparing. Measures nothing itself; used by `bench.quality.simulated`,
+`bench.quality.external` and `bench.quality.training_curve`.
 """
 from __future__ import annotations
 
@@ -134,13 +135,15 @@ class Bm3dDenoiser:
     """BM3D as a user would run it on counting data.
 
     Detector units are turned into counts with the detector's calibration (``gain`` ADU per count,
-    dark ``offset`` in ADU; a user knows these), then Anscombe transform, noise sigma estimated on the transformed frame (wavelet MAD),
+    dark ``offset`` in ADU; a user knows these), then Anscombe transform, noise sigma estimated on the
+    transformed frame (wavelet MAD) unless ``sigma`` fixes it (1 is the stabilised Poisson noise),
     `bm3d.bm3d` with its default profile (both stages), then the exact unbiased inverse.
-    The last estimated sigma is kept in ``last_sigma`` for the report.
+    The last sigma used is kept in ``last_sigma`` for the report.
     """
 
     gain: float = 1.0
     offset: float = 0.0
+    sigma: float | None = None
     name: str = "BM3D (Anscombe, sigma from data)"
     last_sigma: float = field(default=float("nan"))
 
@@ -149,7 +152,7 @@ class Bm3dDenoiser:
 
         counts = (np.asarray(frame, dtype=np.float64) - self.offset) / self.gain
         z = anscombe(counts)
-        sigma = estimate_noise_sigma(z)
+        sigma = estimate_noise_sigma(z) if self.sigma is None else self.sigma
         self.last_sigma = sigma
         # A flat frame (no noise to estimate) would give sigma 0, which bm3d rejects.
         den = bm3d.bm3d(z, max(sigma, 1e-3))

@@ -13,6 +13,8 @@ Every denoiser gets the same treatment:
   scored with `score_atoms` against the true positions within ``tol_px``; position error is the
   RMSE of matched pairs; false atoms are the detections inside the simulator's vacuum mask, per
   100 nm² of vacuum (every one of them is invented).
+
+Used by every quality entry point (and `bench.learn`); writes nothing itself.
 """
 from __future__ import annotations
 

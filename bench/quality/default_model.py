@@ -1,7 +1,7 @@
 """Evaluate a checkpoint (default: the bundled model) on freshly simulated low-dose series.
 
 For each dose, a series with a seed no training run used is simulated and scored against its
-truth with the quality benchmark's scoring (`bench.quality_scoring`: SSIM/PSNR after a
+truth with the quality benchmark's scoring (`bench.quality.scoring`: SSIM/PSNR after a
 least-squares affine fit to the truth, atom F1 with the same detector for every method, false
 atoms in vacuum):
 
@@ -20,11 +20,12 @@ atoms in vacuum):
 - the real images: std of the output in display units [0, 1] (flat is ~0.0) and its correlation
   with the lightly smoothed raw image (Gaussian sigma 1).
 
+Writes ``bench/results/default_model_eval.md`` (``--external``: ``default_model_external.md``).
 Run from the repository root::
 
-    .venv/bin/python bench/eval_default_model.py                       # bundled model
-    .venv/bin/python bench/eval_default_model.py --model m.safetensors --doses 1 0.4
-    .venv/bin/python bench/eval_default_model.py --external --model new.safetensors --compare old.safetensors
+    python -m bench.quality.default_model                       # bundled model
+    python -m bench.quality.default_model --model m.safetensors --doses 1 0.4
+    python -m bench.quality.default_model --external --model new.safetensors --compare old.safetensors
 """
 from __future__ import annotations
 
@@ -33,18 +34,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python bench/eval_default_model.py` from a clean checkout
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.ndimage import gaussian_filter  # noqa: E402
-
-from bench.quality_scoring import DetectorSettings, Scores, score_outputs, ssim_to_truth  # noqa: E402
-from noise2atom.checkpoint import default_model_path, load_generator, model_id  # noqa: E402
-from noise2atom.scaling import denoise_resampled, estimate_scaling, pitch_resample_factor  # noqa: E402
-from noise2atom.stem_sim import simulate_series  # noqa: E402
+from bench.harness import RESULTS
+from bench.quality.external_data import SHARED_DATA as SHARED
+from bench.quality.scoring import DetectorSettings, Scores, score_outputs, ssim_to_truth
+from noise2atom.checkpoint import default_model_path, load_generator, model_id
+from noise2atom.scaling import denoise_resampled, estimate_scaling, pitch_resample_factor
+from noise2atom.stem_sim import simulate_series
 
 __all__ = ["evaluate", "main"]
 
@@ -80,8 +79,6 @@ def evaluate(model: Path, *, dose: float, scene: str, size: int, frames: int, se
 
 
 # In CI the clone sits beside shared/; a worktree under /work/wt/NAME has it two levels up.
-SHARED = next((d for d in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
-               if d.is_dir()), ROOT.parent / "shared" / "data")
 EXT_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 
 
@@ -176,7 +173,7 @@ def _table(results: dict[float, dict[str, Scores]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.quality.default_model", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.4])
     p.add_argument("--scene", default="mixed", choices=["mixed", "crystal", "nanoparticle"])
@@ -184,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--seed", type=int, default=987654, help="a seed no training run used")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "default_model_eval.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "default_model_eval.md")
     p.add_argument("--external", action="store_true",
                    help="score on ../shared/data (third-party simulations and real images) instead")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="--external: more checkpoints")

@@ -1,11 +1,12 @@
 """Simulate clean HAADF-STEM fields with abTEM (first-principles multislice, PRISM), once.
 
-The fields are material n2a did not make: `bench/quality_external.py` shifts them by sub-pixel
+The fields are material n2a did not make: `bench.quality.external` shifts them by sub-pixel
 drift, crops them and draws Poisson noise per frame. Each field is saved float32 with the
-simulation parameters and the projected atom-column positions (pixels, row/col) beside it:
+simulation parameters and the projected atom-column positions (pixels, row/col) beside it, in
+``bench/data/abtem_<name>.npz``:
 
-    nice -n 10 python -m bench.abtem_fields srtio3     # minutes on one shared core
-    nice -n 10 python -m bench.abtem_fields au_on_c    # minutes on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields srtio3     # minutes on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields au_on_c    # minutes on one shared core
 
 The cell is periodic (a whole number of unit cells for the crystal; a periodic box of amorphous
 carbon for the particle), so the drift shift can wrap the field exactly.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # bench/data/, beside the results
 
 ENERGY_EV = 200e3
 SEMIANGLE_MRAD = 25.0
@@ -126,7 +127,7 @@ def simulate(name: str, threads: int = 1) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.quality.abtem_fields", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="+", choices=sorted(SPECIMENS))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args(argv)

@@ -1,27 +1,16 @@
 """The quality benchmark's scoring path, end to end on a tiny series, baselines only (no training)."""
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    """Import a bench module (bench/ is a plain folder of scripts, not an installed package)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    return importlib.import_module(f"bench.{name}")
+from bench.quality import denoisers, report, scoring, simulated
 
 
 def test_quick_baselines_write_a_table_where_gaussian_beats_raw(tmp_path):
-    quality = _load("quality")
-    rc = quality.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
+    rc = simulated.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
                        "--work", str(tmp_path / "work")])
     assert rc == 0
     md = (tmp_path / "quality.md").read_text()
@@ -42,30 +31,39 @@ def test_quick_baselines_write_a_table_where_gaussian_beats_raw(tmp_path):
 
 
 def test_anscombe_inverse_is_unbiased_on_poisson_counts():
-    dens = _load("quality_denoisers")
     rng = np.random.default_rng(0)
     for lam in (2.0, 10.0, 50.0):
         x = rng.poisson(lam, 200_000)
         # the exact unbiased inverse maps E[anscombe(x)] back to lam (the algebraic inverse would not)
-        back = float(dens.inverse_anscombe(np.mean(dens.anscombe(x))))
+        back = float(denoisers.inverse_anscombe(np.mean(denoisers.anscombe(x))))
         assert back == pytest.approx(lam, rel=0.02)
 
 
 def test_bm3d_on_counts_beats_the_raw_frame():
-    dens = _load("quality_denoisers")
-    scoring = _load("quality_scoring")
     from noise2atom.stem_sim import simulate_series
 
     s = simulate_series(1, shape=(48, 48), scene="crystal", peak_counts=4.0, seed=3)
-    bm = dens.Bm3dDenoiser(gain=s.meta["gain_adu_per_count"], offset=s.meta["offset_adu"])
+    bm = denoisers.Bm3dDenoiser(gain=s.meta["gain_adu_per_count"], offset=s.meta["offset_adu"])
     out = bm(s.noisy[0])
     assert out.shape == (48, 48) and np.isfinite(out).all()
     assert bm.last_sigma > 0
     assert scoring.ssim_to_truth(out, s.clean[0]) > scoring.ssim_to_truth(s.noisy[0], s.clean[0])
 
 
+def test_bm3d_with_a_fixed_sigma_uses_it_instead_of_estimating_one():
+    from noise2atom.stem_sim import simulate_series
+
+    s = simulate_series(1, shape=(48, 48), scene="crystal", peak_counts=4.0, seed=3)
+    gain, offset = s.meta["gain_adu_per_count"], s.meta["offset_adu"]
+    estimated, fixed = denoisers.Bm3dDenoiser(gain=gain, offset=offset), denoisers.Bm3dDenoiser(
+        gain=gain, offset=offset, sigma=2.0)
+    a, b = estimated(s.noisy[0]), fixed(s.noisy[0])
+    assert fixed.last_sigma == 2.0 and estimated.last_sigma != 2.0
+    assert not np.allclose(a, b)  # a much larger sigma smooths more
+    assert np.std(b) < np.std(a)
+
+
 def test_score_outputs_rejects_a_wrong_number_of_frames():
-    scoring = _load("quality_scoring")
     from noise2atom.stem_sim import simulate_series
 
     s = simulate_series(2, shape=(32, 32), scene="crystal", seed=1)
@@ -73,8 +71,7 @@ def test_score_outputs_rejects_a_wrong_number_of_frames():
         scoring.score_outputs(np.zeros((1, 32, 32)), s, detector=scoring.DetectorSettings.from_meta(s.meta))
 
 
-def _case(report, dose, rows):
-    scoring = _load("quality_scoring")
+def _case(dose, rows):
     case = report.CaseResult(dose=dose, scene="crystal", settings={})
     for key, (ssim, f1, false) in rows.items():
         sc = scoring.Scores(psnr_db=20.0, ssim=ssim, css=0.5, f1=f1, precision=f1, recall=f1, rmse_px=0.5,
@@ -84,13 +81,12 @@ def _case(report, dose, rows):
 
 
 def test_verdict_judges_n2a_against_bm3d_at_the_lowest_dose_where_atoms_are_found():
-    report = _load("quality_report")
     cases = [
         # dose 0.2: nobody finds atoms (F1 < 0.5), so the test moves on to dose 1
-        _case(report, 0.2, {"bm3d": (0.1, 0.3, 50.0), "n2a-blindspot": (0.2, 0.4, 0.0), "n2a-hybrid": (0.3, 0.45, 0.0)}),
+        _case(0.2, {"bm3d": (0.1, 0.3, 50.0), "n2a-blindspot": (0.2, 0.4, 0.0), "n2a-hybrid": (0.3, 0.45, 0.0)}),
         # dose 1: blindspot beats BM3D on all three; hybrid has higher SSIM/F1 but more false atoms
-        _case(report, 1.0, {"bm3d": (0.4, 0.8, 5.0), "n2a-blindspot": (0.6, 0.9, 5.0), "n2a-hybrid": (0.7, 0.95, 9.0)}),
-        _case(report, 4.0, {"bm3d": (0.9, 0.99, 0.0), "n2a-blindspot": (0.8, 0.98, 0.0), "n2a-hybrid": (0.8, 0.9, 0.0)}),
+        _case(1.0, {"bm3d": (0.4, 0.8, 5.0), "n2a-blindspot": (0.6, 0.9, 5.0), "n2a-hybrid": (0.7, 0.95, 9.0)}),
+        _case(4.0, {"bm3d": (0.9, 0.99, 0.0), "n2a-blindspot": (0.8, 0.98, 0.0), "n2a-hybrid": (0.8, 0.9, 0.0)}),
     ]
     lines = report.verdict(cases)
     bs = next(s for s in lines if s.startswith("- crystal, n2a-blindspot"))
@@ -102,10 +98,9 @@ def test_verdict_judges_n2a_against_bm3d_at_the_lowest_dose_where_atoms_are_foun
 
 
 def test_rerender_rebuilds_the_same_report_from_json(tmp_path):
-    quality = _load("quality")
-    quality.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
+    simulated.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
                   "--work", str(tmp_path / "work")])
     first = (tmp_path / "quality.md").read_text()
     (tmp_path / "quality.md").unlink()
-    assert quality.main(["--rerender", "--out", str(tmp_path)]) == 0
+    assert simulated.main(["--rerender", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "quality.md").read_text() == first

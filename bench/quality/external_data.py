@@ -1,11 +1,13 @@
-"""Material n2a did not make, turned into scored series for `bench.quality_external`.
+"""Material n2a did not make, turned into scored series for `bench.quality.external`.
 
-- abTEM fields (`bench/data/abtem_*.npz`, simulated once by `bench.abtem_fields`): shifted by a
+- abTEM fields (`bench/data/abtem_*.npz`, simulated once by `bench.quality.abtem_fields`): shifted by a
   sub-pixel drift, cropped, Poisson noise per frame at a given mean dose (counts/px); true atom
   columns projected from the structure.
 - Third-party simulations in ``../shared/data/simulated/`` (tk_r_em noisy/clean pairs; the temul
   MoS2 PRISM image, to which Poisson noise is added the same way as to the abTEM fields).
 - Real images in ``../shared/data/real/`` (no truth).
+
+Measures nothing itself: it loads and prepares the data `bench.quality.external` scores.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.harness import ROOT
+
 ABTEM_DATA = ROOT / "bench" / "data"
 
 

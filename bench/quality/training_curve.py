@@ -5,7 +5,7 @@ an exact continuation), a snapshot after every step; each snapshot denoises the 
 through ONNX Runtime and is scored against the truth like every row of bench/results/quality.md.
 Writes ``training_curve.md``, ``training_curve.json`` and ``training_curve.png`` to ``--out``.
 
-Run: ``.venv/bin/python bench/training_curve.py [--step-minutes 1] [--steps 6]``.
+Run: ``python -m bench.quality.training_curve [--step-minutes 1] [--steps 6]``.
 """
 from __future__ import annotations
 
@@ -16,13 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-
-from bench.quality import GAUSSIAN_SIGMAS, _machine, _seed  # noqa: E402
-from bench.quality_denoisers import (  # noqa: E402
+from bench.harness import RESULTS, ROOT, machine
+from bench.quality.denoisers import (
     Bm3dDenoiser,
     EngineDenoiser,
     FilterDenoiser,
@@ -30,9 +25,10 @@ from bench.quality_denoisers import (  # noqa: E402
     choose_filter_setting,
     run_denoiser,
 )
-from bench.quality_scoring import DetectorSettings, score_outputs, ssim_to_truth  # noqa: E402
-from bench.quality_series import SeriesSpec, make_bench_series, make_tuning_series  # noqa: E402
-from bench.quality_training import train_with_snapshots  # noqa: E402
+from bench.quality.scoring import DetectorSettings, score_outputs, ssim_to_truth
+from bench.quality.series import SeriesSpec, make_bench_series, make_tuning_series
+from bench.quality.simulated import GAUSSIAN_SIGMAS, case_seed
+from bench.quality.training import train_with_snapshots
 
 __all__ = ["main"]
 
@@ -42,13 +38,13 @@ LABELS = {"noise2atom": "n2a lite noise2atom", "blindspot": "n2a blindspot (comp
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.quality.training_curve", description=__doc__.splitlines()[0])
     p.add_argument("--dose", type=float, default=1.0, help="peak counts per atom (default 1)")
     p.add_argument("--scene", default="crystal", choices=["crystal", "nanoparticle"])
     p.add_argument("--step-minutes", type=float, default=1.0, help="minutes between snapshots")
     p.add_argument("--steps", type=int, default=6, help="snapshots per method")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path, default=ROOT / "build" / "training_curve")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=40)
@@ -62,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     t_start = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="minutes")
-    machine = _machine()
+    machine_note = machine()
     spec = SeriesSpec(dose=args.dose, scene=args.scene, size=args.size, n_train=args.n_train,
-                      n_score=args.n_score, seed=_seed(args.dose, args.scene))
+                      n_score=args.n_score, seed=case_seed(args.dose, args.scene))
     series = make_bench_series(spec)
     score = series.score
     det = DetectorSettings.from_meta(score.meta)
 
-    # Reference lines: the baselines of the same case, made as in bench/quality.py.
+    # Reference lines: the baselines of the same case, made as in bench.quality.simulated.
     tune = make_tuning_series(spec)
     g_sigma = choose_filter_setting("gaussian", GAUSSIAN_SIGMAS, tune.noisy, tune.clean, ssim_to_truth)
     refs = {}
@@ -100,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "training_curve.json").write_text(json.dumps({"spec": spec.__dict__, "references": refs,
                                                              "rows": rows}, indent=1))
     _figure(rows, refs, args.out / "training_curve.png", title=f"{spec.key}: quality vs CPU-minutes of training")
-    cmd = "python bench/training_curve.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else \
-        "python bench/training_curve.py"
-    md = _markdown(rows, refs, spec=spec, machine=machine, started=started, cmd=cmd,
+    cmd = " ".join(["python -m bench.quality.training_curve", *sys.argv[1:]])
+    md = _markdown(rows, refs, spec=spec, machine=machine_note, started=started, cmd=cmd,
                    elapsed_min=(time.perf_counter() - t_start) / 60)
     (args.out / "training_curve.md").write_text(md)
     print(f"wrote {args.out / 'training_curve.md'}")

@@ -6,6 +6,7 @@ microscope), the detector's gain and offset (for the Poisson blind-spot loss), a
 ``--estimate-prior`` for the methods with an atom prior (the prior is estimated from the noisy frames,
 not taken from the simulator). Snapshots for the training curve continue the same run with
 ``--resume`` (exact continuation), so minute k's model is the same run as minute k+1's.
+Measures nothing itself; the checkpoints go where the caller says (``build/`` by default, not committed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TrainingError", "train_in_series", "train_with_snapshots"]
+__all__ = ["TrainingError", "run_n2a_train", "train_in_series", "train_with_snapshots"]
 
 
 class TrainingError(RuntimeError):
@@ -37,7 +38,8 @@ def _argv(method: str, frames_path: Path, out: Path, minutes: float, meta: dict,
     return argv
 
 
-def _call_cli(argv: list[str]) -> str:
+def run_n2a_train(argv: list[str]) -> str:
+    """``n2a-train ARGV`` in this process; returns its stderr, raises `TrainingError` with its last lines."""
     from noise2atom.cli import main as n2a_train
 
     err = io.StringIO()
@@ -83,7 +85,7 @@ def train_in_series(*, method: str, frames: np.ndarray, meta: dict, minutes: flo
     path = Path(path)
     if not (reuse and path.exists()):
         frames_path = _write_frames(frames, path.with_suffix(".frames.npy"))
-        _call_cli(_argv(method, frames_path, path, minutes, meta, quick=quick, threads=threads, resume=False))
+        run_n2a_train(_argv(method, frames_path, path, minutes, meta, quick=quick, threads=threads, resume=False))
     return f"{minutes:g} min, {_iteration(path)} it"
 
 
@@ -99,7 +101,7 @@ def train_with_snapshots(*, method: str, frames: np.ndarray, meta: dict, step_mi
         stale.unlink(missing_ok=True)
     snaps = []
     for k in range(1, steps + 1):
-        _call_cli(_argv(method, frames_path, live, step_minutes, meta, quick=False, threads=threads,
+        run_n2a_train(_argv(method, frames_path, live, step_minutes, meta, quick=False, threads=threads,
                         resume=k > 1))
         snap = workdir / f"{method}-{k * step_minutes:g}min.safetensors"
         shutil.copyfile(live, snap)

@@ -1,4 +1,6 @@
-"""The quality benchmark's report: markdown tables, a verdict computed from the numbers, figures."""
+"""The quality benchmark's report: markdown tables, a verdict computed from the numbers, figures.
+
+Writes where `bench.quality.simulated` says (``--out``, default bench/results/quality.md and PNGs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality_scoring import Scores, fit_to_truth
+from bench.quality.scoring import Scores, fit_to_truth
 
 __all__ = ["CaseResult", "MethodResult", "render_markdown", "save_css_figure", "save_grid_figure", "verdict"]
 

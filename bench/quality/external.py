@@ -6,34 +6,31 @@ an upper bound for a Gaussian), BM3D (sigma from the data), Anscombe+BM3D (count
 BM3D -> exact unbiased inverse), the bundled n2a model with NO training on the data (input scaling
 ``noise2atom.scaling.estimate_scaling`` of the series itself, ONNX Runtime engine) and optionally a
 model fitted on the series (``n2a-train --method blindspot``). Scores: SSIM and PSNR to truth (after
-the affine fit of `bench.quality_scoring`), atom F1 where positions are known. Real images: not-flat
+the affine fit of `bench.quality.scoring`), atom F1 where positions are known. Real images: not-flat
 checks and a picture grid.
 
-Run: ``make bench-quality`` (chained after `bench.quality`) or
-``python -m bench.quality_external [--quick] [--model PATH] [--fit-minutes 1]``.
+Writes ``quality-external.md`` and ``.json`` to ``--out`` (default bench/results/) and the real-image
+grid to ``--grid`` (default docs/quality-grid-real.png).
+
+Run: ``make bench-quality`` (second part, after `bench.quality.simulated`) or
+``python -m bench.quality.external [--quick] [--model PATH] [--fit-minutes 1]``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+from scipy import ndimage
 
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from bench.external_data import (  # noqa: E402
+from bench.harness import RESULTS, ROOT, machine
+from bench.quality.denoisers import Bm3dDenoiser
+from bench.quality.external_data import (
     SHARED_DATA,
     Series,
     abtem_fields,
@@ -43,10 +40,10 @@ from bench.external_data import (  # noqa: E402
     load_tk_pairs,
     nearest_spacing,
 )
-from bench.quality_denoisers import anscombe, inverse_anscombe  # noqa: E402
-from bench.quality_scoring import fit_to_truth  # noqa: E402
-from noise2atom.metrics import detect_atoms, psnr, score_atoms, ssim  # noqa: E402
-from noise2atom.scaling import estimate_scaling  # noqa: E402
+from bench.quality.scoring import fit_to_truth
+from bench.quality.training import run_n2a_train
+from noise2atom.metrics import detect_atoms, psnr, score_atoms, ssim
+from noise2atom.scaling import estimate_scaling
 
 __all__ = ["DOSES", "ModelDenoiser", "main", "not_flat_checks", "score_series"]
 
@@ -73,17 +70,6 @@ def bm3d_plain(gain: float, offset: float):
         x = np.asarray(frame, dtype=np.float64)
         sigma = float(np.sqrt(max(gain * (x.mean() - offset), 1e-6)))
         return bm3d.bm3d(x, sigma).astype(np.float32)
-    return f
-
-
-def bm3d_anscombe(gain: float, offset: float):
-    """Counts = (raw - offset) / gain, Anscombe, BM3D with σ 1 (the stabilised Poisson noise),
-    exact unbiased inverse."""
-    def f(frame: np.ndarray) -> np.ndarray:
-        import bm3d
-
-        z = anscombe((np.asarray(frame, dtype=np.float64) - offset) / gain)
-        return inverse_anscombe(bm3d.bm3d(z, 1.0)).astype(np.float32)
     return f
 
 
@@ -154,7 +140,6 @@ def fit_model(frames: np.ndarray, out: Path, *, minutes: float, gain: float | No
               threads: int = 1, quick: bool = False) -> str:
     """``n2a-train --method blindspot`` on ``frames`` (in process); returns the training note."""
     from noise2atom.checkpoint import load_checkpoint
-    from noise2atom.cli import main as n2a_train
 
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".frames.npy")
@@ -165,11 +150,7 @@ def fit_model(frames: np.ndarray, out: Path, *, minutes: float, gain: float | No
         argv += ["--gain", f"{gain:g}", "--offset", f"{offset:g}"]
     if quick:
         argv += ["--patch", "32"]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = n2a_train(argv)
-    if rc != 0:
-        raise RuntimeError(f"n2a-train {' '.join(argv)} exited with {rc}: {err.getvalue()[-600:]}")
+    run_n2a_train(argv)
     return f"blindspot {minutes:g} min, {load_checkpoint(out).config.iteration} it"
 
 
@@ -229,7 +210,8 @@ def run_series(s: Series, *, model: ModelDenoiser | None, fitted: Path | None = 
     if bm3d:
         gain, offset = (s.gain, s.offset) if s.gain is not None else estimate_gain_offset(frames[0])
         add("bm3d", bm3d_plain(gain, offset))
-        add("anscombe_bm3d", bm3d_anscombe(gain, offset))
+        # counts -> Anscombe -> BM3D with sigma 1 (the stabilised Poisson noise) -> exact unbiased inverse
+        add("anscombe_bm3d", Bm3dDenoiser(gain=gain, offset=offset, sigma=1.0))
         rows["anscombe_bm3d"].update(gain=gain, offset=offset)
     if model is not None:
         add("n2a_bundled", model.for_series(frames if scaling_frames is None else scaling_frames))
@@ -283,14 +265,8 @@ def tk_pair_series(x: np.ndarray, y: np.ndarray, i: int, crop: int) -> Series:
                   tol_px=0.25 * nearest_spacing(pos[0]) if len(pos[0]) > 2 else 2.0, gain=None)
 
 
-def _machine() -> str:
-    load = os.getloadavg()[0]
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load {load:.1f} at "
-            f"the start), no GPU; Python {platform.python_version()}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.quality.external", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few-minute run: 2 doses, 4 frames, 64² crops")
     p.add_argument("--model", type=Path, help="n2a checkpoint to score untrained on the data "
                    "(default: noise2atom.checkpoint.default_model_path())")
@@ -306,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-real", type=int, nargs="*", default=[0, 4],
                    help="indices of the real images that get a fitted model (grid column 4)")
     p.add_argument("--no-bm3d", action="store_true")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--grid", type=Path, default=ROOT / "docs" / "quality-grid-real.png")
     p.add_argument("--data", type=Path, default=SHARED_DATA)
     p.add_argument("--rerender", action="store_true", help="rewrite the .md from --out's .json only")
     args = p.parse_args(argv)
     if args.rerender:
-        from bench.quality_external_report import render
+        from bench.quality.external_report import render
 
         r = json.loads((args.out / "quality-external.json").read_text())
         (args.out / "quality-external.md").write_text(render(r, grid=args.grid))
@@ -328,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no model to score: {model_path} does not exist (pass --model PATH)")
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
-    machine = _machine()
     work = Path(tempfile.mkdtemp(prefix="n2a-external-"))
     results: dict = {"model": str(model_path), "model_id": model_id(model_path), "started": started,
-                     "machine": machine, "argv": argv if argv is not None else sys.argv[1:],
+                     "machine": machine(), "argv": argv if argv is not None else sys.argv[1:],
                      "doses": args.doses, "frames": args.frames, "crop": args.crop,
                      "score_frames": args.score_frames, "tables": {}, "real": []}
 
@@ -341,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     with ModelDenoiser(Path(model_path)) as model:
         fields = abtem_fields()
         if not fields:
-            log("no abTEM fields in bench/data (run python -m bench.abtem_fields srtio3 au_on_c)")
+            log("no abTEM fields in bench/data (run python -m bench.quality.abtem_fields srtio3 au_on_c)")
         for name, d in fields.items():
             table = results["tables"].setdefault(f"abTEM {name}", {"about": d["params"]["specimen"], "doses": {}})
             for i, dose in enumerate(args.doses):
@@ -376,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality-external.json").write_text(json.dumps(results, indent=1, allow_nan=True))
-    from bench.quality_external_report import render
+    from bench.quality.external_report import render
 
     (args.out / "quality-external.md").write_text(render(results, grid=args.grid))
     log(f"wrote {args.out / 'quality-external.md'}")
@@ -385,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def real_images(args, model: ModelDenoiser, work: Path, log) -> list[dict]:
     """Not-flat checks and the picture grid on the real images (no truth)."""
-    from bench.quality_external_report import save_real_grid
+    from bench.quality.external_report import save_real_grid
 
     images = load_real_images(args.data)
     if args.quick:

@@ -7,9 +7,9 @@
    ``FidelityGuard.check`` reusing their window moments (one thread). Medians after a warm-up, at
    512² and 1024²; also the previous full-map CSS (``sampled=False``) on a few frames.
 2. *stream*: ``n2a-stream`` at 1024² over PUSH/PULL with ``--policy block``, source unpaced, CSS
-   and guard on: the sustained frame rate (``bench/latency.py``'s ``run_stream``).
+   and guard on: the sustained frame rate (``bench.latency``'s ``run_stream``).
 
-Writes ``bench/results/guard-cpu.md``. Usage: ``python bench/guard_cost.py``. Targets
+Writes ``bench/results/guard-cpu.md``. Usage: ``make bench-guard`` or ``python -m bench.guard``. Targets
 (design.md §7, issue 12): CSS + guard <= 10 % of the engine time at 512²; >= 5 fps at 1024².
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, bench/ is first on sys.path and bench/engines.py would shadow the engines package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+from bench.harness import RESULTS, timing_model  # noqa: E402
 
 
 def _frames(size: int, n: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -86,15 +82,15 @@ def measure(model: Path, size: int, n: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.guard", description=__doc__.split("\n\n")[0])
     p.add_argument("--stream-frames", type=int, default=30)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "guard-cpu.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "guard-cpu.md")
     args = p.parse_args(argv)
-    from bench.latency import _model, run_stream
+    from bench.latency import run_stream
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        model, model_note = _model(Path(tmp))
+        model, model_note = timing_model(Path(tmp))
         costs = {512: measure(model, 512, 30), 1024: measure(model, 1024, 10)}
         raw1024, _ = _frames(1024)
         stream = run_stream(model, raw1024, n=args.stream_frames, fps=0, saturated=True, css=True)
@@ -109,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, shared with other jobs while "
         f"measured (load average {load_before[0]:.1f} before, {load_after[0]:.1f} after), Python "
-        f"{platform.python_version()}; model: {model_note}. Made by `python bench/guard_cost.py`, "
+        f"{platform.python_version()}; model: {model_note}. Made by `python -m bench.guard`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "Per frame, what the publish stage adds to the engine: the rolling CSS of the denoised and "
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## n2a-stream at 1024², CSS and guard on",
         "",
-        "PUSH/PULL, `--policy block`, source unpaced (`bench/latency.py`'s saturated run), "
+        "PUSH/PULL, `--policy block`, source unpaced (`bench.latency`'s saturated run), "
         f"{stream['received']}/{stream['sent']} frames received, dropped {stream['dropped']}.",
         "",
         "| size | engine alone fps | stream fps (CSS + guard) | median stage ms: denoise | CSS | "
