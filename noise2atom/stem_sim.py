@@ -144,7 +144,7 @@ _SCENES = ("nanoparticle", "crystal", "mixed")
 
 
 def _checked_settings(shape: tuple[int, int], scene: str, greater_than: list[tuple[str, float, float]],
-                   non_negative: list[tuple[str, float]]) -> tuple[int, int]:
+                      non_negative: list[tuple[str, float]]) -> tuple[int, int]:
     """``(H, W)`` from ``shape``, after checking it, ``scene`` and the numeric settings."""
     h, w = (int(v) for v in shape)
     if h < 8 or w < 8:
