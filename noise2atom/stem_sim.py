@@ -116,6 +116,7 @@ def _render_blobs(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigm
     wp = w + 2 * p
     idx = (rows[:, :, None] + p) * wp + (cols[:, None, :] + p)
     out = np.bincount(idx.ravel(), weights=vals.ravel(), minlength=(h + 2 * p) * wp)
+    out = out.astype(np.float64, copy=False)  # without any blob, bincount returns int64
     return out.reshape(h + 2 * p, wp)[p:p + h, p:p + w].copy()
 
 
