@@ -235,6 +235,7 @@ class _World:
 
 
 def _layout_crystal(world: _World) -> None:
+    """A lattice filling the world, with a vacuum hole whose edge atoms come and go."""
     h, w, p, rng = world.h, world.w, world.pad, world.rng
     hole_c = np.array([p + rng.uniform(0.35, 0.65) * h, p + rng.uniform(0.35, 0.65) * w])
     hole_r = max(0.18 * min(h, w), 2.5 * world.pitch)
@@ -242,6 +243,7 @@ def _layout_crystal(world: _World) -> None:
 
 
 def _layout_nanoparticle(world: _World) -> None:
+    """A cluster and a few adatoms on a support that ends in vacuum near the right."""
     h, w, p, rng = world.h, world.w, world.pad, world.rng
     edge = p + 0.82 * w + world.wavy_line(0.04 * w, 1.5)  # support ends at a wavy line near the right
     world.support |= world.cc < edge
@@ -252,6 +254,7 @@ def _layout_nanoparticle(world: _World) -> None:
 
 
 def _layout_mixed(world: _World) -> None:
+    """Crystal on the left, vacuum in the middle, a cluster (another grain) on support on the right."""
     h, w, p = world.h, world.w, world.pad
     cedge = p + 0.35 * w + world.wavy_line(0.03 * w, 1.0)
     world.crystal(world.cc < cedge, None, 0.0)
