@@ -14,7 +14,7 @@ is correlated with it.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -89,37 +89,63 @@ def make_blindspot_batch(
     if h < 3 or w < 3:
         raise ValueError(f"blind-spot masking needs images of at least 3x3 (got {h}x{w})")
     dev = x.device
+    rand_int = _rand_ints(generator, dev)
+    if centres is None:
+        centres = _random_centres(n, (h, w), spacing, rand_int, dev)
+    centres = centres.to(dev)
+    seg_r, seg_c = _segments(centres, n, w, half_width)
+    dst = (seg_r * w + seg_c).flatten(1)
+    hidden = torch.zeros(n, h * w, dtype=torch.bool, device=dev)
+    hidden.scatter_(1, dst, True)
+    src = _sources(seg_r, seg_c, hidden, (h, w), max_row_shift, max_col_shift, rand_int)
+    flat = x.flatten(1)
+    masked = flat.scatter(1, dst, _source_values(flat, hidden, src)).view_as(x)
+    return masked, BlindSpotMask(centres, hidden.view(n, h, w))
+
+
+def _rand_ints(generator: torch.Generator | None, dev: torch.device) -> Callable[..., torch.Tensor]:
+    """``rand_int(lo, hi, shape)``: integers drawn on the CPU (where ``generator`` lives), moved to ``dev``."""
 
     def rand_int(lo: int, hi: int, shape) -> torch.Tensor:
         return torch.randint(lo, hi, shape, generator=generator, device="cpu").to(dev)
 
-    if centres is None:
-        gy, gx = max(h // spacing, 1), max(w // spacing, 1)
-        cy = (torch.arange(gy, device=dev) * spacing)[None, :, None] + rand_int(0, min(spacing, h), (n, gy, gx))
-        cx = (torch.arange(gx, device=dev) * spacing)[None, None, :] + rand_int(0, min(spacing, w), (n, gy, gx))
-        cy, cx = cy.clamp(max=h - 1).flatten(1), cx.clamp(max=w - 1).flatten(1)
-        centres = cy * w + cx
-    centres = centres.to(dev)
+    return rand_int
+
+
+def _random_centres(n: int, size: tuple[int, int], spacing: int, rand_int: Callable[..., torch.Tensor],
+                    dev: torch.device) -> torch.Tensor:
+    """(N, K) flat indices: one random loss pixel in each ``spacing x spacing`` cell."""
+    h, w = size
+    gy, gx = max(h // spacing, 1), max(w // spacing, 1)
+    cy = (torch.arange(gy, device=dev) * spacing)[None, :, None] + rand_int(0, min(spacing, h), (n, gy, gx))
+    cx = (torch.arange(gx, device=dev) * spacing)[None, None, :] + rand_int(0, min(spacing, w), (n, gy, gx))
+    cy, cx = cy.clamp(max=h - 1).flatten(1), cx.clamp(max=w - 1).flatten(1)
+    return cy * w + cx
+
+
+def _segments(centres: torch.Tensor, n: int, w: int, half_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (N, K, S) of the hidden segment along each loss pixel's row."""
     k = centres.shape[1]
     cy, cx = centres // w, centres % w
-
-    # Hidden segment pixels: (N, K, S) along the centre's row.
-    offsets = torch.arange(-half_width, half_width + 1, device=dev)
+    offsets = torch.arange(-half_width, half_width + 1, device=centres.device)
     seg_r = cy[:, :, None].expand(n, k, offsets.numel())
     seg_c = (cx[:, :, None] + offsets).clamp(0, w - 1)
+    return seg_r, seg_c
+
+
+def _sources(seg_r: torch.Tensor, seg_c: torch.Tensor, hidden: torch.Tensor, size: tuple[int, int],
+             max_row_shift: int, max_col_shift: int, rand_int: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """(N, K * S) flat indices of where each hidden pixel takes its value from: another row, a few
+    columns aside, redrawn a few times where that is a hidden pixel itself (a hidden pixel's row
+    neighbours carry noise correlated with it, so they must not reappear elsewhere in the input)."""
+    h, w = size
     shape = seg_r.shape
 
-    # Sources in other rows; redraw any source that is a loss pixel, a few times.
     def draw() -> tuple[torch.Tensor, torch.Tensor]:
         dr = rand_int(1, max_row_shift + 1, shape) * (rand_int(0, 2, shape) * 2 - 1)
         dc = rand_int(-max_col_shift, max_col_shift + 1, shape)
         return _reflect(seg_r + dr, h), _reflect(seg_c + dc, w)
 
-    # Sources must not be hidden pixels either: a hidden pixel's row neighbours carry
-    # noise correlated with it, so they must not reappear elsewhere in the input.
-    dst = (seg_r * w + seg_c).flatten(1)
-    hidden = torch.zeros(n, h * w, dtype=torch.bool, device=dev)
-    hidden.scatter_(1, dst, True)
     src_r, src_c = draw()
     for _ in range(6):
         bad = hidden.gather(1, (src_r * w + src_c).flatten(1)).view(shape)
@@ -127,17 +153,19 @@ def make_blindspot_batch(
             break
         new_r, new_c = draw()
         src_r, src_c = torch.where(bad, new_r, src_r), torch.where(bad, new_c, src_c)
-    flat = x.flatten(1)
-    src = flat.gather(1, (src_r * w + src_c).flatten(1))
-    bad = hidden.gather(1, (src_r * w + src_c).flatten(1))
+    return (src_r * w + src_c).flatten(1)
+
+
+def _source_values(flat: torch.Tensor, hidden: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """The values of ``flat`` (N, H * W) at ``src``. A source still hidden after the redraws (rare;
+    tiny images) gets the mean of the visible pixels instead, which holds no hidden pixel's value."""
+    values = flat.gather(1, src)
+    bad = hidden.gather(1, src)
     if bool(bad.any()):
-        # Still a hidden pixel after the redraws (rare; tiny images): use the mean of
-        # the visible pixels instead, which holds no hidden pixel's value.
         keep = (~hidden).to(flat.dtype)
         fill = (flat * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
-        src = torch.where(bad, fill.expand_as(src), src)
-    masked = flat.scatter(1, dst, src).view_as(x)
-    return masked, BlindSpotMask(centres, hidden.view(n, h, w))
+        values = torch.where(bad, fill.expand_as(values), values)
+    return values
 
 
 def blindspot_loss(

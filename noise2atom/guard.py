@@ -84,6 +84,17 @@ def _noise_var(rows: np.ndarray) -> float:
     return float(np.mean(np.square(d2, dtype=np.float64)) / 6.0) if d2.size else 0.0
 
 
+def _residual_var(ur: np.ndarray, ud: np.ndarray, out_var: float) -> float:
+    """Variance of the raw window means ``ur`` left after the best affine map (least squares) of the
+    output's ``ud`` (variance ``out_var``) onto them."""
+    if out_var > 0:
+        cov = float(np.mean((ud - ud.mean()) * (ur - ur.mean())))
+        resid = ur - ur.mean() - cov / out_var * (ud - ud.mean())
+    else:
+        resid = ur - ur.mean()
+    return float(resid.var())
+
+
 def counts_span(frame: np.ndarray, scaling: Normalisation) -> float | None:
     """How many detector counts the scaling ``lo..hi`` spans, from the frame's mean-variance relation.
 
@@ -215,28 +226,43 @@ class FidelityGuard:
         if self.series_flags is None:
             self.series_flags = self._series_checks(raw)
         flags = list(self.series_flags)
-        lo, hi = self.scaling.lo, self.scaling.hi
+        rep.clipped_fraction = self._clipped_fraction(raw)
+        if rep.clipped_fraction >= CLIPPED_FRACTION:
+            flags.append("input_clipped")
+        flags += self._structure_flags(*self._moments(raw, den, raw_moments, out_moments))
+        rep.flags = flags
+        return flags
 
-        # Clipping: a sparse regular sample of the raw frame is plenty for a fraction. Counted:
-        # values beyond the series' scaling (the network saw them clipped), values at an integer
-        # detector's ceiling (saturated, whatever the scaling made of them), and for float data a
-        # plateau at the top limit (ties are rare in float data unless something saturated; in
-        # low-count integer data they are normal, so not counted there).
+    def _clipped_fraction(self, raw: np.ndarray) -> float:
+        """Fraction of ``raw`` that was clipped, from a sparse regular sample (plenty for a fraction).
+
+        Counted: values beyond the series' scaling (the network saw them clipped), values at an
+        integer detector's ceiling (saturated, whatever the scaling made of them), and for float data
+        a plateau at the top limit (ties are rare in float data unless something saturated; in
+        low-count integer data they are normal, so not counted there).
+        """
+        lo, hi = self.scaling.lo, self.scaling.hi
         sample = raw[::4, ::4]
         outside = (sample > hi) | (sample < lo)
         if self.ceiling is not None:
             outside |= sample >= self.ceiling
         elif self.dtype.kind == "f":
             outside |= sample == hi
-        rep.clipped_fraction = np.count_nonzero(outside) / sample.size
-        if rep.clipped_fraction >= CLIPPED_FRACTION:
-            flags.append("input_clipped")
+        return np.count_nonzero(outside) / sample.size
 
+    def _moments(self, raw: np.ndarray, den: np.ndarray, raw_moments: LocalMoments | None,
+                 out_moments: LocalMoments | None) -> tuple[LocalMoments, LocalMoments]:
+        """Both frames' moments on the grid: the ones given when they fit it, else computed here."""
         grid = self._grid(raw.shape)
         rm = raw_moments if raw_moments is not None and raw_moments.mean.shape == grid.shape_out else None
         om = out_moments if out_moments is not None and out_moments.mean.shape == grid.shape_out else None
-        rm = rm or grid.moments(raw, lo, hi)
+        rm = rm or grid.moments(raw, self.scaling.lo, self.scaling.hi)
         om = om or grid.moments(den, 0.0, 1.0)
+        return rm, om
+
+    def _structure_flags(self, rm: LocalMoments, om: LocalMoments) -> list[str]:
+        """``flat_output`` and ``structure_in_residual`` from the window means (numbers into the report)."""
+        rep = self.report
         ur = rm.mean.astype(np.float64).ravel()
         ud = om.mean.astype(np.float64).ravel()
         sm_noise = _noise_var(rm.rows) * WINDOW_NOISE_GAIN
@@ -244,17 +270,11 @@ class FidelityGuard:
         rep.raw_structure = raw_struct = max(0.0, float(ur.var()) - sm_noise)
         rep.output_structure = out_struct = float(ud.var())
         has_structure = raw_struct > STRUCTURE_SNR * sm_noise and raw_struct > 1e-8
+        flags: list[str] = []
         if out_struct < FLAT_STD**2 or (has_structure and out_struct < FLAT_FRACTION * raw_struct):
             flags.append("flat_output")
         if has_structure:
-            # residual after the best affine map of the output onto the raw (least squares)
-            if out_struct > 0:
-                cov = float(np.mean((ud - ud.mean()) * (ur - ur.mean())))
-                resid = ur - ur.mean() - cov / out_struct * (ud - ud.mean())
-            else:
-                resid = ur - ur.mean()
-            rep.residual_excess = excess = float(resid.var()) - sm_noise
+            rep.residual_excess = excess = _residual_var(ur, ud, out_struct) - sm_noise
             if excess > RESIDUAL_FRACTION * raw_struct and excess > sm_noise:
                 flags.append("structure_in_residual")
-        rep.flags = flags
         return flags

@@ -155,10 +155,6 @@ class LocalMoments:
     mean_sq: np.ndarray
     rows: np.ndarray
 
-    @property
-    def var(self) -> np.ndarray:
-        return np.maximum(self.mean_sq - self.mean * self.mean, 0.0)
-
 
 class WindowGrid:
     """Where a live CSS evaluates the SSIM map: every centre of a small frame, a jittered grid on a
@@ -480,47 +476,70 @@ def score_atoms(
     if not tol_px > 0:
         raise ValueError(f"tol_px must be > 0 (got {tol_px})")
     f, t = _positions(found, "found"), _positions(truth, "truth")
-    nf, nt = len(f), len(t)
+    fi, ti, dists = _match(f, t, tol_px)
+    if shape is not None and border_px > 0:
+        f_in, t_in = _interior(f, shape, border_px), _interior(t, shape, border_px)
+    else:
+        f_in, t_in = np.ones(len(f), bool), np.ones(len(t), bool)
+    return _tally(fi, ti, dists, f_in, t_in)
+
+
+def _match(f: np.ndarray, t: np.ndarray, tol_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The optimal one-to-one matches within ``tol_px``: indices into ``f`` and ``t``, distances."""
     fi: list[int] = []
     ti: list[int] = []
     dists: list[float] = []
-    if nf and nt:
+    if len(f) and len(t):
         pairs = cKDTree(f).sparse_distance_matrix(cKDTree(t), tol_px, output_type="coo_matrix")
         rows, cols, data = pairs.row, pairs.col, pairs.data  # exact zeros are kept (coo output)
         if len(rows):
-            # bipartite graph: nodes 0..nf-1 found, nf..nf+nt-1 truth; solve each component
-            g = sparse.coo_matrix((np.ones(len(rows)), (rows, cols + nf)), shape=(nf + nt,) * 2)
-            _, comp = csgraph.connected_components(g, directed=False)
-            cr = comp[rows]
-            order = np.argsort(cr, kind="stable")
-            splits = np.flatnonzero(np.diff(cr[order])) + 1
-            big = 1e6 * tol_px
-            for idx in np.split(order, splits):
-                ri, ui = np.unique(rows[idx], return_inverse=True)
-                ci, vi = np.unique(cols[idx], return_inverse=True)
-                cost = np.full((len(ri), len(ci)), big)
-                cost[ui, vi] = data[idx]
-                a, b = optimize.linear_sum_assignment(cost)
-                ok = cost[a, b] < big
-                fi.extend(ri[a[ok]])
-                ti.extend(ci[b[ok]])
-                dists.extend(cost[a[ok], b[ok]])
-    f_in = np.ones(nf, bool)
-    t_in = np.ones(nt, bool)
-    if shape is not None and border_px > 0:
-        h, w = shape
+            for idx in _pair_groups(rows, cols, len(f), len(t)):
+                a, b, d = _assign(rows[idx], cols[idx], data[idx], big=1e6 * tol_px)
+                fi.extend(a)
+                ti.extend(b)
+                dists.extend(d)
+    return np.array(fi, dtype=int), np.array(ti, dtype=int), np.array(dists, dtype=float)
 
-        def interior(p: np.ndarray) -> np.ndarray:
-            return ((p[:, 0] >= border_px) & (p[:, 0] <= h - 1 - border_px)
-                    & (p[:, 1] >= border_px) & (p[:, 1] <= w - 1 - border_px))
 
-        f_in, t_in = interior(f), interior(t)
-    fi_a, ti_a, d_a = np.array(fi, dtype=int), np.array(ti, dtype=int), np.array(dists, dtype=float)
-    keep = t_in[ti_a] if len(ti_a) else np.zeros(0, bool)
-    matched_f = np.zeros(nf, bool)
-    matched_f[fi_a] = True
-    matched_t = np.zeros(nt, bool)
-    matched_t[ti_a] = True
+def _pair_groups(rows: np.ndarray, cols: np.ndarray, nf: int, nt: int) -> list[np.ndarray]:
+    """Indices of the candidate pairs (found ``rows``, true ``cols``), one array per connected group
+    of the bipartite graph (nodes 0..nf-1 found, nf..nf+nt-1 truth): each group is solved alone."""
+    g = sparse.coo_matrix((np.ones(len(rows)), (rows, cols + nf)), shape=(nf + nt,) * 2)
+    _, comp = csgraph.connected_components(g, directed=False)
+    cr = comp[rows]
+    order = np.argsort(cr, kind="stable")
+    splits = np.flatnonzero(np.diff(cr[order])) + 1
+    return np.split(order, splits)
+
+
+def _assign(rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, *,
+            big: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Most matches, then least summed distance, among one group's candidate pairs (found index,
+    true index, distance); a pair that is no candidate costs ``big`` and is dropped."""
+    ri, ui = np.unique(rows, return_inverse=True)
+    ci, vi = np.unique(cols, return_inverse=True)
+    cost = np.full((len(ri), len(ci)), big)
+    cost[ui, vi] = dist
+    a, b = optimize.linear_sum_assignment(cost)
+    ok = cost[a, b] < big
+    return ri[a[ok]], ci[b[ok]], cost[a[ok], b[ok]]
+
+
+def _interior(p: np.ndarray, shape: tuple[int, int], border_px: float) -> np.ndarray:
+    """Which positions lie at least ``border_px`` inside a frame of ``shape``."""
+    h, w = shape
+    return ((p[:, 0] >= border_px) & (p[:, 0] <= h - 1 - border_px)
+            & (p[:, 1] >= border_px) & (p[:, 1] <= w - 1 - border_px))
+
+
+def _tally(fi: np.ndarray, ti: np.ndarray, dists: np.ndarray, f_in: np.ndarray,
+           t_in: np.ndarray) -> AtomScore:
+    """The score from the matches, counting only the interior (a match by its true atom)."""
+    keep = t_in[ti] if len(ti) else np.zeros(0, bool)
+    matched_f = np.zeros(len(f_in), bool)
+    matched_f[fi] = True
+    matched_t = np.zeros(len(t_in), bool)
+    matched_t[ti] = True
     tp = int(keep.sum())
     n_false = int((~matched_f & f_in).sum())
     n_missed = int((~matched_t & t_in).sum())
@@ -528,7 +547,7 @@ def score_atoms(
     precision = tp / n_found if n_found else (1.0 if n_true == 0 else 0.0)
     recall = tp / n_true if n_true else 1.0
     f1 = 2 * tp / (n_found + n_true) if (n_found + n_true) else 1.0
-    rmse = float(np.sqrt(np.mean(np.square(d_a[keep])))) if tp else float("nan")
+    rmse = float(np.sqrt(np.mean(np.square(dists[keep])))) if tp else float("nan")
     return AtomScore(f1=float(f1), precision=float(precision), recall=float(recall), rmse_px=rmse,
                      n_true=n_true, n_found=n_found, n_false=n_false, n_missed=n_missed)
 

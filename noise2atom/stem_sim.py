@@ -116,6 +116,7 @@ def _render_blobs(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigm
     wp = w + 2 * p
     idx = (rows[:, :, None] + p) * wp + (cols[:, None, :] + p)
     out = np.bincount(idx.ravel(), weights=vals.ravel(), minlength=(h + 2 * p) * wp)
+    out = out.astype(np.float64, copy=False)  # without any blob, bincount returns int64
     return out.reshape(h + 2 * p, wp)[p:p + h, p:p + w].copy()
 
 
@@ -138,6 +139,151 @@ def _wavy_radius(angles: np.ndarray, r0: float, rng: np.random.Generator) -> np.
     for k in (2, 3, 4):
         rad += r0 * rng.uniform(0.03, 0.10) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
     return rad
+
+
+_SCENES = ("nanoparticle", "crystal", "mixed")
+
+
+def _checked_settings(shape: tuple[int, int], scene: str, greater_than: list[tuple[str, float, float]],
+                      non_negative: list[tuple[str, float]]) -> tuple[int, int]:
+    """``(H, W)`` from ``shape``, after checking it, ``scene`` and the numeric settings."""
+    h, w = (int(v) for v in shape)
+    if h < 8 or w < 8:
+        raise ValueError(f"shape must be at least 8x8 (got {tuple(shape)})")
+    if scene not in _SCENES:
+        raise ValueError(f"scene must be 'nanoparticle', 'crystal' or 'mixed' (got {scene!r})")
+    for name, val, lo in greater_than:
+        if not val > lo:
+            raise ValueError(f"{name} must be > {lo} (got {val})")
+    for name, val in non_negative:
+        if not val >= 0:
+            raise ValueError(f"{name} must be >= 0 (got {val})")
+    return h, w
+
+
+class _World:
+    """A scene being laid out on the world canvas (the frame at t = 0 plus a margin ``pad``).
+
+    Collects atom sites with their presence probability (1.0: static), every site that may hold an
+    atom (vacancies too: they are matter, not vacuum) and the support mask. Each layout step draws
+    from ``rng`` in a fixed order, so a seed always gives the same scene.
+    """
+
+    def __init__(self, shape: tuple[int, int], pad: int, pitch: float, rotation_deg: float,
+                 rng: np.random.Generator) -> None:
+        self.h, self.w = shape
+        self.pad = p = pad
+        self.shape = (self.h + 2 * p, self.w + 2 * p)  # world (r, c) = frame (r, c) at t=0 + p
+        self.pitch, self.rotation_deg, self.rng = pitch, rotation_deg, rng
+        self.rr, self.cc = np.mgrid[0:self.shape[0], 0:self.shape[1]].astype(np.float64)
+        self.support = np.zeros(self.shape, dtype=bool)
+        self.sites: list[np.ndarray] = []
+        self.prob: list[np.ndarray] = []
+        self.occupiable: list[np.ndarray] = []
+
+    def add(self, s: np.ndarray, prob: np.ndarray) -> None:
+        self.sites.append(s[prob > 0])
+        self.prob.append(prob[prob > 0])
+        self.occupiable.append(s)
+
+    def wavy_line(self, amp: float, k: float) -> np.ndarray:
+        """A random wavy offset per world row (for an edge running top to bottom)."""
+        phase = self.rng.uniform(0, 6.3)
+        return amp * np.sin(k * self.rr / max(self.h, self.w) * 2 * np.pi + phase)
+
+    def crystal(self, region: np.ndarray, hole_c: np.ndarray | None, hole_r: float) -> None:
+        """Lattice sites inside ``region`` (bool world mask), vacancies, a hole with a live edge."""
+        wh, ww = self.shape
+        s = _lattice(np.array([wh / 2, ww / 2]) + self.rng.uniform(0, self.pitch, 2),
+                     math.hypot(wh, ww) / 2 + self.pitch, self.pitch, self.rotation_deg)
+        ri = np.clip(np.round(s).astype(int), 0, [wh - 1, ww - 1])
+        s = s[region[ri[:, 0], ri[:, 1]]]
+        prob = np.where(self.rng.random(len(s)) < 0.03, 0.0, 1.0)  # static vacancies
+        if hole_c is not None:
+            d = np.hypot(*(s - hole_c).T)
+            outside = d >= hole_r - 0.75 * self.pitch  # sites in the hole are vacuum
+            s, prob, d = s[outside], prob[outside], d[outside]
+            edge = d < hole_r + 0.75 * self.pitch
+            prob[edge & (d < hole_r)] = 0.3  # rim sites: mostly empty, sometimes filled
+            prob[edge & (d >= hole_r) & (prob > 0)] = 0.85  # edge atoms: sometimes leave
+        self.add(s, prob)
+
+    def cluster(self, center: np.ndarray, radius: float, rot_offset: float = 0.0) -> None:
+        """A compact grain with a wavy outline: a static core, a flickering rim and shell."""
+        s = _lattice(center, radius + 2 * self.pitch, self.pitch, self.rotation_deg + rot_offset)
+        rel = s - center
+        ang = np.arctan2(rel[:, 0], rel[:, 1])
+        outline = _wavy_radius(ang, radius, self.rng)
+        d = np.hypot(*rel.T)
+        inside = d <= outline
+        core = d <= outline - self.pitch
+        shell = (~inside) & (d <= outline + self.pitch)
+        prob = np.where(core, 1.0, np.where(inside, 0.85, np.where(shell, 0.12, 0.0)))
+        self.add(s, prob)
+
+    def adatoms(self, region: np.ndarray, n: int, avoid: np.ndarray) -> None:
+        """Up to ``n`` lone atoms inside ``region``, at least 3 pitches from ``avoid``."""
+        p, h, w = self.pad, self.h, self.w
+        cand = np.stack([self.rng.uniform(p, p + h, 4 * n), self.rng.uniform(p, p + w, 4 * n)], axis=1)
+        ri = np.round(cand).astype(int)
+        ok = region[ri[:, 0], ri[:, 1]]
+        if len(avoid):
+            dmin = np.min(np.hypot(*(cand[:, None, :] - avoid[None]).transpose(2, 0, 1)), axis=1)
+            ok &= dmin > 3 * self.pitch
+        cand = cand[ok][:n]
+        self.add(cand, np.full(len(cand), 0.9))
+
+
+def _layout_crystal(world: _World) -> None:
+    """A lattice filling the world, with a vacuum hole whose edge atoms come and go."""
+    h, w, p, rng = world.h, world.w, world.pad, world.rng
+    hole_c = np.array([p + rng.uniform(0.35, 0.65) * h, p + rng.uniform(0.35, 0.65) * w])
+    hole_r = max(0.18 * min(h, w), 2.5 * world.pitch)
+    world.crystal(np.ones(world.shape, bool), hole_c, hole_r)
+
+
+def _layout_nanoparticle(world: _World) -> None:
+    """A cluster and a few adatoms on a support that ends in vacuum near the right."""
+    h, w, p, rng = world.h, world.w, world.pad, world.rng
+    edge = p + 0.82 * w + world.wavy_line(0.04 * w, 1.5)  # support ends at a wavy line near the right
+    world.support |= world.cc < edge
+    center = np.array([p + rng.uniform(0.4, 0.55) * h, p + rng.uniform(0.35, 0.5) * w])
+    world.cluster(center, max(0.2 * min(h, w), 2.5 * world.pitch))
+    world.adatoms(world.support & (world.cc < edge - 3 * world.pitch), max(2, (h * w) // 20000),
+                  np.concatenate(world.sites))
+
+
+def _layout_mixed(world: _World) -> None:
+    """Crystal on the left, vacuum in the middle, a cluster (another grain) on support on the right."""
+    h, w, p = world.h, world.w, world.pad
+    cedge = p + 0.35 * w + world.wavy_line(0.03 * w, 1.0)
+    world.crystal(world.cc < cedge, None, 0.0)
+    sedge = p + 0.55 * w + world.wavy_line(0.03 * w, 1.3)
+    world.support |= world.cc > sedge
+    center = np.array([p + 0.5 * h, p + 0.78 * w])
+    world.cluster(center, max(0.13 * min(h, w), 2.5 * world.pitch), rot_offset=15.0)  # another grain
+
+
+_LAYOUTS = {"crystal": _layout_crystal, "nanoparticle": _layout_nanoparticle, "mixed": _layout_mixed}
+
+
+def _support_texture(support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random support intensity at atomic and larger scales, with a soft edge."""
+    tex = ndimage.gaussian_filter(rng.standard_normal(support.shape), 1.2) * 4.0
+    tex += ndimage.gaussian_filter(rng.standard_normal(support.shape), 6.0) * 8.0
+    level = _SUPPORT_LEVEL * (1 + 0.35 * tex)
+    soft = ndimage.gaussian_filter(support.astype(np.float64), 2.0)
+    return np.clip(level, 0, _SUPPORT_MAX) * soft
+
+
+def _vacuum_mask(support: np.ndarray, occupiable: list[np.ndarray], margin: float) -> np.ndarray:
+    """Pixels farther than ``margin`` from the support and from every site that may hold an atom."""
+    wh, ww = support.shape
+    matter = support.copy()
+    si = np.round(np.concatenate(occupiable)).astype(int) if occupiable else np.zeros((0, 2), int)
+    ok = (si[:, 0] >= 0) & (si[:, 0] < wh) & (si[:, 1] >= 0) & (si[:, 1] < ww)
+    matter[si[ok, 0], si[ok, 1]] = True
+    return ndimage.distance_transform_edt(~matter) > margin
 
 
 class StemSimulator:
@@ -198,22 +344,11 @@ class StemSimulator:
         beam_current_pA: float = 10.0,
         seed: int = 0,
     ) -> None:
-        h, w = (int(v) for v in shape)
-        if h < 8 or w < 8:
-            raise ValueError(f"shape must be at least 8x8 (got {tuple(shape)})")
-        if scene not in ("nanoparticle", "crystal", "mixed"):
-            raise ValueError(f"scene must be 'nanoparticle', 'crystal' or 'mixed' (got {scene!r})")
-        for name, val, lo in [
+        self.shape = _checked_settings(shape, scene, greater_than=[
             ("peak_counts", peak_counts, 0.0), ("pitch_px", pitch_px, 2.0), ("sigma_px", sigma_px, 0.3),
             ("pixel_size_nm", pixel_size_nm, 0.0), ("gain", gain, 0.0),
-        ]:
-            if not val > lo:
-                raise ValueError(f"{name} must be > {lo} (got {val})")
-        for name, val in [("background_counts", background_counts), ("read_noise", read_noise),
-                          ("drift_px_per_frame", drift_px_per_frame), ("scan_jitter_px", scan_jitter_px)]:
-            if not val >= 0:
-                raise ValueError(f"{name} must be >= 0 (got {val})")
-        self.shape = (h, w)
+        ], non_negative=[("background_counts", background_counts), ("read_noise", read_noise),
+                         ("drift_px_per_frame", drift_px_per_frame), ("scan_jitter_px", scan_jitter_px)])
         self.scene = scene
         self.peak_counts = float(peak_counts)
         self.background_counts = float(background_counts)
@@ -231,19 +366,26 @@ class StemSimulator:
         self._scale = 1.0 + _SUPPORT_MAX  # fixed clean scale: full atom peak + support ceiling
 
         rng = np.random.default_rng([self.seed, 0x5CE4E])
+        self._init_drift(rng)
+        self._build_scene(rng)
+        self.meta: dict[str, Any] = self._meta(dwell_time_us, beam_current_pA)
+
+    def _init_drift(self, rng: np.random.Generator) -> None:
+        """A bounded slow wander of the scan window, and the world margin that keeps it in view."""
         amp = self.drift_px_per_frame * _DRIFT_PERIOD / (2 * np.pi)
         self._drift_amp = amp
         self._drift_phase = rng.uniform(0, 2 * np.pi, size=2)
         self._drift_omega = 2 * np.pi / _DRIFT_PERIOD * np.array([1.0, rng.uniform(0.6, 0.9)])
         self._pad = int(math.ceil(amp + 4 * self.sigma_px + self.pitch_px)) + 2
-        self._build_scene(rng)
 
+    def _meta(self, dwell_time_us: float, beam_current_pA: float) -> dict[str, Any]:
+        """The acquisition record, with the electron dose derived from dwell time and current."""
         electrons = beam_current_pA * 1e-12 * dwell_time_us * 1e-6 / _E_CHARGE
         area_a2 = (self.pixel_size_nm * 10) ** 2
-        self.meta: dict[str, Any] = {
+        return {
             "simulator": "noise2atom.stem_sim",
-            "scene": scene,
-            "shape": [h, w],
+            "scene": self.scene,
+            "shape": list(self.shape),
             "pixel_size_nm": self.pixel_size_nm,
             "dwell_time_us": float(dwell_time_us),
             "beam_current_pA": float(beam_current_pA),
@@ -265,85 +407,18 @@ class StemSimulator:
 
     # ------------------------------------------------------------------ scene
     def _build_scene(self, rng: np.random.Generator) -> None:
-        h, w = self.shape
-        p = self._pad
-        wh, ww = h + 2 * p, w + 2 * p  # world canvas; world (r, c) = frame (r, c) at t=0 + p
-        self._world_shape = (wh, ww)
-        rr, cc = np.mgrid[0:wh, 0:ww].astype(np.float64)
-        support = np.zeros((wh, ww), dtype=bool)
-        sites: list[np.ndarray] = []
-        dynamic: list[np.ndarray] = []  # per-site presence probability; 1.0 = static
-        occupiable: list[np.ndarray] = []
-        m = min(h, w)
+        """Lay out the atom sites, the support texture and the vacuum mask in world coordinates."""
+        world = _World(self.shape, self._pad, self.pitch_px, self.rotation_deg, rng)
+        _LAYOUTS[self.scene](world)
+        self._set_sites(world.sites, world.prob, rng)
+        self._support = _support_texture(world.support, rng)
+        margin = 2 * 2.355 * self.sigma_px + 1.5  # two FWHM, plus pixel rounding of sites and drift
+        self._vacuum = _vacuum_mask(world.support, world.occupiable, margin)
 
-        def add(s: np.ndarray, prob: np.ndarray) -> None:
-            sites.append(s[prob > 0])
-            dynamic.append(prob[prob > 0])
-            occupiable.append(s)  # vacancies too: they are matter, not vacuum
-
-        def crystal(region: np.ndarray, hole_c: np.ndarray | None, hole_r: float) -> None:
-            """Lattice sites inside ``region`` (bool world mask), vacancies, a hole with a live edge."""
-            s = _lattice(np.array([wh / 2, ww / 2]) + rng.uniform(0, self.pitch_px, 2),
-                         math.hypot(wh, ww) / 2 + self.pitch_px, self.pitch_px, self.rotation_deg)
-            ri = np.clip(np.round(s).astype(int), 0, [wh - 1, ww - 1])
-            s = s[region[ri[:, 0], ri[:, 1]]]
-            prob = np.where(rng.random(len(s)) < 0.03, 0.0, 1.0)  # static vacancies
-            if hole_c is not None:
-                d = np.hypot(*(s - hole_c).T)
-                outside = d >= hole_r - 0.75 * self.pitch_px  # sites in the hole are vacuum
-                s, prob, d = s[outside], prob[outside], d[outside]
-                edge = d < hole_r + 0.75 * self.pitch_px
-                prob[edge & (d < hole_r)] = 0.3  # rim sites: mostly empty, sometimes filled
-                prob[edge & (d >= hole_r) & (prob > 0)] = 0.85  # edge atoms: sometimes leave
-            add(s, prob)
-
-        def cluster(center: np.ndarray, radius: float, rot_offset: float = 0.0) -> None:
-            s = _lattice(center, radius + 2 * self.pitch_px, self.pitch_px, self.rotation_deg + rot_offset)
-            rel = s - center
-            ang = np.arctan2(rel[:, 0], rel[:, 1])
-            outline = _wavy_radius(ang, radius, rng)
-            d = np.hypot(*rel.T)
-            inside = d <= outline
-            core = d <= outline - self.pitch_px
-            shell = (~inside) & (d <= outline + self.pitch_px)
-            prob = np.where(core, 1.0, np.where(inside, 0.85, np.where(shell, 0.12, 0.0)))
-            add(s, prob)
-
-        def support_region(edge_fn: np.ndarray) -> None:
-            support[:] |= edge_fn
-
-        def adatoms(region: np.ndarray, n: int, avoid: np.ndarray) -> None:
-            cand = np.stack([rng.uniform(p, p + h, 4 * n), rng.uniform(p, p + w, 4 * n)], axis=1)
-            ri = np.round(cand).astype(int)
-            ok = region[ri[:, 0], ri[:, 1]]
-            if len(avoid):
-                dmin = np.min(np.hypot(*(cand[:, None, :] - avoid[None]).transpose(2, 0, 1)), axis=1)
-                ok &= dmin > 3 * self.pitch_px
-            cand = cand[ok][:n]
-            add(cand, np.full(len(cand), 0.9))
-
-        wav = lambda axis_vals, amp, k: amp * np.sin(k * axis_vals / max(h, w) * 2 * np.pi + rng.uniform(0, 6.3))  # noqa: E731
-        if self.scene == "crystal":
-            hole_c = np.array([p + rng.uniform(0.35, 0.65) * h, p + rng.uniform(0.35, 0.65) * w])
-            hole_r = max(0.18 * m, 2.5 * self.pitch_px)
-            crystal(np.ones((wh, ww), bool), hole_c, hole_r)
-        elif self.scene == "nanoparticle":
-            edge = p + 0.82 * w + wav(rr, 0.04 * w, 1.5)  # support ends at a wavy line near the right
-            support_region(cc < edge)
-            center = np.array([p + rng.uniform(0.4, 0.55) * h, p + rng.uniform(0.35, 0.5) * w])
-            radius = max(0.2 * m, 2.5 * self.pitch_px)
-            cluster(center, radius)
-            adatoms(support & (cc < edge - 3 * self.pitch_px), max(2, (h * w) // 20000), np.concatenate(sites))
-        else:  # mixed
-            cedge = p + 0.35 * w + wav(rr, 0.03 * w, 1.0)
-            crystal(cc < cedge, None, 0.0)
-            sedge = p + 0.55 * w + wav(rr, 0.03 * w, 1.3)
-            support_region(cc > sedge)
-            center = np.array([p + 0.5 * h, p + 0.78 * w])
-            cluster(center, max(0.13 * m, 2.5 * self.pitch_px), rot_offset=15.0)  # another grain
-
+    def _set_sites(self, sites: list[np.ndarray], prob: list[np.ndarray], rng: np.random.Generator) -> None:
+        """The scene's atom sites, each with its presence probability, brightness and epoch clock."""
         self._sites = np.concatenate(sites) if sites else np.zeros((0, 2))
-        self._prob = np.concatenate(dynamic) if dynamic else np.zeros(0)
+        self._prob = np.concatenate(prob) if prob else np.zeros(0)
         if not self.surface_dynamics:  # freeze: likely-present sites stay, unlikely ones go
             keep = self._prob >= 0.5
             self._sites, self._prob = self._sites[keep], np.ones(int(keep.sum()))
@@ -351,21 +426,6 @@ class StemSimulator:
         self._site_amp = rng.uniform(0.9, 1.0, n)
         self._period = rng.uniform(60, 240, n)  # frames between chances to change
         self._phase = rng.uniform(0, 1, n)
-
-        # Support texture: smooth random field at atomic and larger scales, soft edge.
-        tex = ndimage.gaussian_filter(rng.standard_normal((wh, ww)), 1.2) * 4.0
-        tex += ndimage.gaussian_filter(rng.standard_normal((wh, ww)), 6.0) * 8.0
-        level = _SUPPORT_LEVEL * (1 + 0.35 * tex)
-        soft = ndimage.gaussian_filter(support.astype(np.float64), 2.0)
-        self._support = np.clip(level, 0, _SUPPORT_MAX) * soft
-
-        # Matter mask (support + every site that may ever hold an atom), dilated by the margin.
-        matter = support.copy()
-        si = np.round(np.concatenate(occupiable)).astype(int) if occupiable else np.zeros((0, 2), int)
-        ok = (si[:, 0] >= 0) & (si[:, 0] < wh) & (si[:, 1] >= 0) & (si[:, 1] < ww)
-        matter[si[ok, 0], si[ok, 1]] = True
-        margin = 2 * 2.355 * self.sigma_px + 1.5  # two FWHM, plus pixel rounding of sites and drift
-        self._vacuum = ndimage.distance_transform_edt(~matter) > margin
 
     # ------------------------------------------------------------------ per frame
     def drift(self, t: int) -> np.ndarray:

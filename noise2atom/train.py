@@ -93,6 +93,29 @@ class TrainResult:
         return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
 
 
+class _StopOnSigint:
+    """In its ``with`` block, Ctrl-C (SIGINT) sets ``stop`` instead of raising, so that a run ends
+    between iterations (main thread only: elsewhere Python cannot install a handler)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old_handler: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+    def __enter__(self) -> _StopOnSigint:
+        try:
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not in the main thread
+            self._old_handler = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+
+
 class Trainer:
     """Holds the networks, optimisers and RNGs of one training run.
 
@@ -182,35 +205,62 @@ class Trainer:
         y = simulate_clear(n, self.options.patch, self.prior, self.rng)
         return torch.from_numpy(np.asarray(y, np.float32)[:, None] * 2 - 1).to(self.device)
 
+    @staticmethod
+    def _descend(loss: torch.Tensor, *optimisers: torch.optim.Optimizer) -> None:
+        """One gradient step of ``loss`` by each of ``optimisers``."""
+        for opt in optimisers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimisers:
+            opt.step()
+
     def step(self) -> dict[str, float]:
         """One training iteration; returns its losses."""
-        o = self.options
-        if o.method == "supervised":
-            x, t = self.data.sample_pairs(o.batch, o.patch, self.rng, flips=True)
-            x, t = torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device)
-            loss = (self.G(x.clamp(-1, 1)) - t).pow(2).mean()
-            self.opt_G.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_G.step()
-            self.iteration += 1
-            return {"mse": loss.item()}
-        gan = o.method != "blindspot"
-        raw = self.data.sample(o.batch, o.patch, self.rng, consecutive=gan, flips=not gan)
-        x_target = torch.from_numpy(raw).to(self.device)
-        if not gan:
-            loss = self._blindspot_term(x_target)
-            self.opt_G.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_G.step()
-            self.iteration += 1
-            return {"bs": loss.item()}
+        method = self.options.method
+        if method == "supervised":
+            losses = self._supervised_step()
+        elif method == "blindspot":
+            losses = self._blindspot_step()
+        else:
+            losses = self._gan_step()
+        self.iteration += 1
+        return losses
 
+    def _noisy_batch(self, *, gan: bool) -> torch.Tensor:
+        """Noisy training patches (unclipped): consecutive frames for the GAN, flipped ones otherwise."""
+        o = self.options
+        raw = self.data.sample(o.batch, o.patch, self.rng, consecutive=gan, flips=not gan)
+        return torch.from_numpy(raw).to(self.device)
+
+    def _supervised_step(self) -> dict[str, float]:
+        o = self.options
+        x, t = self.data.sample_pairs(o.batch, o.patch, self.rng, flips=True)
+        x, t = torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device)
+        loss = (self.G(x.clamp(-1, 1)) - t).pow(2).mean()
+        self._descend(loss, self.opt_G)
+        return {"mse": loss.item()}
+
+    def _blindspot_step(self) -> dict[str, float]:
+        loss = self._blindspot_term(self._noisy_batch(gan=False))
+        self._descend(loss, self.opt_G)
+        return {"bs": loss.item()}
+
+    def _gan_step(self) -> dict[str, float]:
+        """Critic updates, an adversarial update of G, then the cycle update of G and F."""
+        x_target = self._noisy_batch(gan=True)
         x = x_target.clamp(-1, 1)
-        y = self._clear_batch(o.batch)
-        G, F, D, L = self.G, self.F, self.D, self.L
-        # 1. critic (WGAN-GP), several updates on the same batch, G frozen.
+        y = self._clear_batch(self.options.batch)
+        loss_d, w_dist = self._critic_updates(x, y)
+        loss_adv = self._adversarial_update(x)
+        out = {"d": loss_d.item(), "w": w_dist.item(), "adv": loss_adv.item()}
+        out.update(self._cycle_update(x, y, x_target))
+        return out
+
+    def _critic_updates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """WGAN-GP critic updates on the same batch, G frozen; the last loss and Wasserstein estimate."""
+        o, D = self.options, self.D
         with torch.no_grad():
-            fake = G(x)
+            fake = self.G(x)
         for _ in range(o.critic_steps):
             # Deliberate fix: alpha per sample (standard WGAN-GP); the authors drew it per pixel.
             alpha = torch.rand(x.shape[0], 1, 1, 1, device=self.device)
@@ -221,30 +271,29 @@ class Trainer:
             gp = (1 - grad.flatten(1).norm(dim=1)).pow(2).mean()
             w_dist = D(fake).mean() - D(y).mean()
             loss_d = w_dist + o.gp_weight * gp
-            self.opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_D.step()
-        # 2. adversarial G update, D frozen (but in training mode: dropout on, as in Keras).
-        D.requires_grad_(False)
-        loss_adv = -D(G(x)).mean()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_adv.backward()
-        self.opt_G.step()
-        D.requires_grad_(True)
-        # 3. cycle update of G and F (noisy side compared after the low-pass filter).
+            self._descend(loss_d, self.opt_D)
+        return loss_d, w_dist
+
+    def _adversarial_update(self, x: torch.Tensor) -> torch.Tensor:
+        """G against the critic, D frozen (but in training mode: dropout on, as in Keras)."""
+        self.D.requires_grad_(False)
+        loss_adv = -self.D(self.G(x)).mean()
+        self._descend(loss_adv, self.opt_G)
+        self.D.requires_grad_(True)
+        return loss_adv
+
+    def _cycle_update(self, x: torch.Tensor, y: torch.Tensor, x_target: torch.Tensor) -> dict[str, float]:
+        """G and F on both cycles (the noisy side compared after the low-pass filter), plus the
+        weighted blind-spot term for ``hybrid``."""
+        G, F, L = self.G, self.F, self.L
         loss_cyc = (L(F(G(x))) - L(x)).abs().mean() + (y - G(F(y))).abs().mean()
         total = loss_cyc
-        out = {"d": loss_d.item(), "w": w_dist.item(), "adv": loss_adv.item(), "cyc": loss_cyc.item()}
-        if o.method == "hybrid":
+        out = {"cyc": loss_cyc.item()}
+        if self.options.method == "hybrid":
             fid = self._blindspot_term(x_target)
-            total = total + o.fidelity_weight * fid
+            total = total + self.options.fidelity_weight * fid
             out["bs"] = fid.item()
-        self.opt_G.zero_grad(set_to_none=True)
-        self.opt_F.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_G.step()
-        self.opt_F.step()
-        self.iteration += 1
+        self._descend(total, self.opt_G, self.opt_F)
         return out
 
     # ------------------------------------------------------------ save / load
@@ -340,47 +389,11 @@ class Trainer:
             raise ValueError("give iterations or minutes (got neither)")
         log = log or (lambda s: tqdm.write(s))
         result = TrainResult(iteration=self.iteration, model_path=out)
-        stop = {"flag": False}
-
-        def on_sigint(signum, frame):
-            stop["flag"] = True
-
-        try:
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not in the main thread
-            old_handler = None
-        total = o.iterations
-        bar = tqdm(total=total, initial=self.iteration, disable=not progress, unit="it",
-                   dynamic_ncols=True, smoothing=0.1)
-        t0 = run_start = time.perf_counter()
-        deadline = t0 + o.minutes * 60 if o.minutes is not None else math.inf
-        try:
-            while not stop["flag"]:
-                if total is not None and self.iteration >= total:
-                    break
-                if time.perf_counter() >= deadline:
-                    break
-                losses = self.step()
-                result.losses.append(losses)
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
-                if o.checkpoint_every and self.iteration % o.checkpoint_every == 0:
-                    self.elapsed_s += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    self.save(out)
-                    recent = result.losses[-o.checkpoint_every:]
-                    mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
-                    val = self.validation_loss()
-                    log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())
-                        + (f", validation bs {val:.4g}" if val is not None else "") + f"; saved {out}")
-                if o.preview_every and self.iteration % o.preview_every == 0:
-                    self.write_preview(out.with_name(out.stem + ".preview.png"))
-        finally:
-            bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-        self.elapsed_s += time.perf_counter() - t0
-        result.interrupted = stop["flag"]
+        with _StopOnSigint() as sigint, tqdm(total=o.iterations, initial=self.iteration, disable=not progress,
+                                             unit="it", dynamic_ncols=True, smoothing=0.1) as bar:
+            run_start = time.perf_counter()
+            self._train_loop(out, result, sigint, bar, log, run_start)
+        result.interrupted = sigint.stop
         result.iteration = self.iteration
         result.seconds = time.perf_counter() - run_start  # this run only
         result.val_loss = self.validation_loss()
@@ -388,3 +401,35 @@ class Trainer:
         if o.preview_every:
             self.write_preview(out.with_name(out.stem + ".preview.png"))
         return result
+
+    def _train_loop(self, out: Path, result: TrainResult, sigint: _StopOnSigint, bar: Any,
+                    log: Callable[[str], None], t0: float) -> None:
+        """Step until the iteration target, the deadline or Ctrl-C; checkpoint and preview on schedule.
+        ``elapsed_s`` gains the time since ``t0`` (the start) at each checkpoint and at the end."""
+        o = self.options
+        deadline = t0 + o.minutes * 60 if o.minutes is not None else math.inf
+        while not (sigint.stop or self._reached(deadline)):
+            losses = self.step()
+            result.losses.append(losses)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+            if o.checkpoint_every and self.iteration % o.checkpoint_every == 0:
+                self.elapsed_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._checkpoint(out, result.losses[-o.checkpoint_every:], log)
+            if o.preview_every and self.iteration % o.preview_every == 0:
+                self.write_preview(out.with_name(out.stem + ".preview.png"))
+        self.elapsed_s += time.perf_counter() - t0
+
+    def _reached(self, deadline: float) -> bool:
+        """Whether the run has reached its iteration target or its wall-clock ``deadline``."""
+        total = self.options.iterations
+        return (total is not None and self.iteration >= total) or time.perf_counter() >= deadline
+
+    def _checkpoint(self, out: Path, recent: list[dict[str, float]], log: Callable[[str], None]) -> None:
+        """Save, then log the mean of the ``recent`` losses and the validation loss."""
+        self.save(out)
+        mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
+        val = self.validation_loss()
+        log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())
+            + (f", validation bs {val:.4g}" if val is not None else "") + f"; saved {out}")

@@ -120,6 +120,17 @@ def test_clean_scale_is_fixed_not_min_max():
     assert max(peaks) < 0.95  # min-max scaling would give exactly 1
 
 
+def test_frame_without_any_atom_in_view():
+    # a 32 px crystal window inside a hole of radius 2.5 pitches: no atom near the frame at all
+    # (n2a-train --mixture draws such frames; rendering them used to crash on an int64 canvas)
+    sim = StemSimulator(shape=(32, 32), scene="crystal", pitch_px=20.0, seed=0)
+    f = sim.frame(0)
+    assert f.positions.shape == (0, 2)
+    assert f.clean.dtype == np.float32 and f.clean.max() == 0.0
+    assert f.vacuum_mask.all()
+    assert f.noisy.dtype == np.uint16 and abs(f.noisy.mean() - sim.offset_adu) < 5
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"scene": "moon"}, "scene must be"), ({"shape": (4, 64)}, "at least 8x8"),
