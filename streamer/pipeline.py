@@ -38,6 +38,7 @@ from .queues import FrameQueue
 from .stats import RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, Receiver, SeriesState
 from .learner import LearnConfig, Learner
+from .net import subscriber_socket
 from .worker import Worker
 
 __all__ = ["Denoiser", "EngineFailedError", "Stream", "StreamConfig", "socket_hwm"]
@@ -141,9 +142,9 @@ class Denoiser(Worker):
 
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
                  input_done: threading.Event, stop_event: threading.Event,
-                 failed: threading.Event, delay_s: float = 0.0, max_failures: int = 50,
+                 delay_s: float = 0.0, max_failures: int = 50,
                  engine_name: str = "engine", model_id: str = "", learner: Learner | None = None) -> None:
-        super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
+        super().__init__(name="n2a-denoise", stop_event=stop_event)
         self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
         self.input_done, self.delay_s = input_done, delay_s
         self.max_failures, self.engine_name = max_failures, engine_name
@@ -278,7 +279,6 @@ class Stream:
         self.input_done = threading.Event()
         self.denoise_stop = threading.Event()
         self.publish_stop = threading.Event()
-        self.failed = threading.Event()
         self.out_endpoint: str | None = None
         self.engine_info: dict[str, Any] = {}
         self.model_id = ""
@@ -363,18 +363,12 @@ class Stream:
             except zmq.ZMQError as e:
                 raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
             self.out_endpoint = out.getsockopt_string(zmq.LAST_ENDPOINT)
-            sock = self.context.socket(zmq.SUB if cfg.pattern == "sub" else zmq.PULL)
-            sock.linger = 0
-            sock.rcvhwm = cfg.rcvhwm or socket_hwm(cfg.buffer_mb, cfg.max_frame_bytes)
+            sock = subscriber_socket(self.context, pattern=cfg.pattern, curve=in_keys,
+                                     rcvhwm=cfg.rcvhwm or socket_hwm(cfg.buffer_mb,
+                                                                     cfg.max_frame_bytes))
             # ZeroMQ refuses a larger part before it is in memory (and closes that connection;
             # the receiver counts it and connects again). The header part is far smaller.
             sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if cfg.pattern == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if in_keys is not None:
-                in_keys.configure_client(sock)
             self._in_sock = sock
             self._monitor = sock.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
@@ -404,7 +398,7 @@ class Stream:
                           is_droppable=lambda i: isinstance(i, OutFrame))
         self.inq, self.outq = inq, outq
         receiver = Receiver(socket=self._in_sock, queue=inq, stats=self.stats,
-                            stop_event=self.stop_input, failed=self.failed,
+                            stop_event=self.stop_input,
                             max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
                             recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
                             monitor=self._monitor, source=cfg.source,
@@ -415,11 +409,11 @@ class Stream:
                             hwm_for=None)
         denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
-                            failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
+                            delay_s=cfg.denoise_delay_ms / 1000,
                             max_failures=cfg.max_engine_failures, engine_name=self.engine_name,
                             model_id=self.model_id, learner=self.learner)
         publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
-                              stop_event=self.publish_stop, failed=self.failed,
+                              stop_event=self.publish_stop,
                               make_css=make_css if cfg.css else None, make_guard=make_guard,
                               engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,

@@ -19,7 +19,7 @@ No pickle anywhere: msgpack for the header, raw bytes for the arrays. This modul
 of truth for the format; ``docs/protocol.md`` describes it for other languages.
 
 Buffers and zero copy: :func:`encode_frame` returns the arrays themselves (no copy) and
-:func:`send_message` hands payloads above :data:`COPY_THRESHOLD` bytes to ZeroMQ with ``copy=False``.
+:func:`streamer.net.send_message` hands payloads above :data:`COPY_THRESHOLD` bytes to ZeroMQ with ``copy=False``.
 ZeroMQ then keeps a reference to the array until the bytes are on the wire, so the rule is simply
 *never write into an array after sending it*: every n2a sender sends a fresh array per frame (the
 engine's output, a newly received raw frame, a newly simulated frame) and never mutates it afterwards.
@@ -67,9 +67,7 @@ __all__ = [
     "encode_frame",
     "encode_start",
     "check_meta",
-    "drain_subscriptions",
     "flat_meta",
-    "send_message",
 ]
 
 PROTOCOL_VERSION = 1
@@ -369,7 +367,7 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
     -------
     list
         ``[header bytes, array, ...]``: the arrays are passed through without a copy; see
-        :func:`send_message` for sending them.
+        :func:`streamer.net.send_message` for sending them.
     """
     arrays = [frame] if isinstance(frame, np.ndarray) else list(frame)
     if not arrays:
@@ -402,45 +400,6 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
             header["dtypes"] = dtypes
     header.update(fields)
     return [_pack(header), *wire]
-
-
-def send_message(socket: Any, parts: Sequence[Any], *, copy_threshold: int = COPY_THRESHOLD,
-                 track: bool = False, flags: int = 0) -> Any:
-    """Send encoded parts on a ZeroMQ socket, zero-copy for payloads above ``copy_threshold``.
-
-    Parameters
-    ----------
-    socket
-        A ``zmq.Socket``.
-    parts
-        What an ``encode_*`` function returned.
-    copy_threshold
-        Payloads of at least this many bytes are sent with ``copy=False``.
-    track
-        Return a :class:`zmq.MessageTracker` for the zero-copy parts (wait on it before reusing a
-        buffer). Without it, never write into a sent array again (n2a always sends fresh arrays).
-    flags
-        Extra send flags (e.g. ``zmq.NOBLOCK``).
-
-    Returns
-    -------
-    zmq.MessageTracker or None
-        The tracker of the last zero-copy part when ``track`` is set, else ``None``.
-    """
-    import zmq  # local: decoding needs no ZeroMQ
-
-    tracker = None
-    last = len(parts) - 1
-    for i, p in enumerate(parts):
-        f = flags | (zmq.SNDMORE if i < last else 0)
-        nbytes = p.nbytes if isinstance(p, np.ndarray) else len(p)
-        if nbytes >= copy_threshold:
-            t = socket.send(p, f, copy=False, track=track)
-            if track:
-                tracker = t
-        else:
-            socket.send(p, f, copy=True)
-    return tracker
 
 
 # --------------------------------------------------------------------------- decoding
@@ -588,23 +547,3 @@ def decode(parts: Sequence[Any]) -> Message:
         arr = np.frombuffer(view, dtype=dt).reshape(h, w)
         arrays[name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
     return Message(type=kind, series=series, seq=header["seq"], arrays=arrays, header=header)
-
-
-def drain_subscriptions(socket: Any) -> int:
-    """Read the pending (un)subscription messages of an XPUB socket without blocking.
-
-    Returns the net change in subscribers: +1 per subscribe (first byte 1), -1 per unsubscribe
-    (first byte 0). Our PUB sockets are XPUBs so sources and the stream know when a viewer joined.
-    """
-    import zmq  # local: decoding needs no ZeroMQ
-
-    change = 0
-    while True:
-        try:
-            msg = socket.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return change
-        if msg[:1] == b"\x01":
-            change += 1
-        elif msg[:1] == b"\x00":
-            change -= 1

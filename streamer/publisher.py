@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
+from .net import drain_subscriptions, send_message
+from .protocol import encode_end, encode_frame, encode_start
 from .queues import FrameQueue
 from .stats import Counters, RateLimitedLog, StreamStats
 from .subscriber import EndMarker, InFrame, SeriesState
@@ -61,8 +62,6 @@ class Publisher(Worker):
         Shared counters.
     stop_event
         Set when nothing more will arrive on ``queue`` (after the denoiser finished).
-    failed
-        Set when this thread fails.
     make_css
         ``(scaling) -> (css_denoised, css_raw)`` pair of fresh ``noise2atom.metrics.RollingCSS`` objects for a
         new series (the raw one maps with the series' scaling); ``None``: no CSS (the css fields are nil).
@@ -81,10 +80,10 @@ class Publisher(Worker):
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
-                 stop_event: threading.Event, failed: threading.Event, make_css: Any,
+                 stop_event: threading.Event, make_css: Any,
                  engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
                  make_guard: Any = None, hwm_for: Any = None, learner: Any = None) -> None:
-        super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
+        super().__init__(name="n2a-publish", stop_event=stop_event)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
         self.make_guard, self._guard, self._scaling = make_guard, None, None

@@ -34,8 +34,9 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import (drain_subscriptions, encode_end, encode_frame, encode_start, flat_meta,
-                       send_message)
+from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .protocol import encode_end, encode_frame, encode_start, flat_meta
+from .worker import Worker
 
 __all__ = ["Replay", "main", "simulated_source"]
 
@@ -127,8 +128,7 @@ class Replay:
         self.sent = 0
         self.subscriptions = 0
         self.stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self._thread: Worker | None = None
 
     @property
     def port(self) -> int:
@@ -141,22 +141,9 @@ class Replay:
         """Create and bind the socket; return the real endpoint."""
         if self.socket is not None:
             return self.endpoint
-        sock = self.context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
-        sock.linger = 0
-        sock.sndhwm = 1000
-        if self.pattern == "pub":
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        if self.curve_keys is not None:
-            from .security import start_authenticator
-            self._auth = start_authenticator(self.context, self.curve_keys)
-            self.curve_keys.configure_server(sock)
-        try:
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise OSError(f"n2a-replay cannot bind {self.address} (got {e})") from e
-        self.socket = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self._auth, self.endpoint = bind_source(
+            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
+            who="n2a-replay")
         return self.endpoint
 
     def _drain_subscriptions(self) -> None:
@@ -165,14 +152,7 @@ class Replay:
 
     def _send(self, parts: list[Any]) -> bool:
         """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        while not self.stop_event.is_set():
-            if self.pattern == "pub" or self.socket.poll(100, zmq.POLLOUT):
-                try:
-                    send_message(self.socket, parts, flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    continue
-        return False
+        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _wait_for_subscribers(self) -> None:
         if self.pattern != "pub" or self.wait_subscribers <= 0:
@@ -212,43 +192,30 @@ class Replay:
             seq += 1
             self.sent = seq
             self._drain_subscriptions()
-        # The end marker goes out even after a stop: it is a single small message. It is sent
-        # zero-copy and tracked: once ZeroMQ has released it, every frame before it has left our
-        # queue too, so a close with linger 0 right after run() loses neither.
-        if self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT):
-            try:
-                tracker = send_message(self.socket, encode_end(self.series, count=self.sent),
-                                       flags=zmq.NOBLOCK, copy_threshold=0, track=True)
-            except zmq.Again:
-                tracker = None
-            if tracker is not None:
-                try:
-                    # 1 s was not enough on a loaded machine: the end was lost, and
-                    # `n2a-stream --exit-on-end` (the demo) never ended.
-                    tracker.wait(10.0)
-                except zmq.NotDone:
-                    log.warning("n2a-replay: the end message was not sent within 10 s")
+        # The end marker goes out even after a stop: it is a single small message. 1 s was not
+        # enough on a loaded machine: the end was lost, and `n2a-stream --exit-on-end` (the demo)
+        # never ended.
+        send_end(self.socket, encode_end(self.series, count=self.sent), pattern=self.pattern,
+                 timeout_s=10.0, who="n2a-replay")
         return self.sent
 
     # -- thread use (tests, benchmarks) -------------------------------------------------------
     def start(self) -> Replay:
         """Bind now and send from a background thread."""
         self.bind()
-
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as e:  # reported to the owner through maybe_raise()
-                self.error = e
-
-        self._thread = threading.Thread(target=target, name="n2a-replay", daemon=True)
+        self._thread = Worker(name="n2a-replay", stop_event=self.stop_event, work=self.run)
         self._thread.start()
         return self
 
+    @property
+    def error(self) -> BaseException | None:
+        """The background thread's error, if it failed."""
+        return self._thread.error if self._thread is not None else None
+
     def maybe_raise(self) -> None:
         """Re-raise an error of the background thread in the caller."""
-        if self.error is not None:
-            raise RuntimeError(f"n2a-replay failed: {self.error}") from self.error
+        if self._thread is not None:
+            self._thread.maybe_raise()
 
     @property
     def done(self) -> bool:
@@ -356,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         frames, meta = stack.frames, dict(stack.meta)
     keys = None
     if args.curve_keys:
-        from .security import link_keys
+        from .security import CurveKeyError, link_keys
 
         try:
             keys = link_keys(args.curve_keys, "acquisition")
-        except (FileNotFoundError, RuntimeError) as e:
+        except CurveKeyError as e:
             _parser().error(str(e))
     replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,
                     series=args.series, pattern=args.pattern, host=args.host, port=args.port,

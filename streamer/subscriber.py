@@ -109,8 +109,6 @@ class Receiver(Worker):
         Shared counters.
     stop_event
         Stop taking input.
-    failed
-        Set when this thread fails.
     max_frame_bytes
         Larger frames are rejected (``too_large``).
     model_meta
@@ -133,11 +131,11 @@ class Receiver(Worker):
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
-                 stop_event: threading.Event, failed: threading.Event, max_frame_bytes: int,
+                 stop_event: threading.Event, max_frame_bytes: int,
                  model_meta: dict[str, Any], recorder: Any = None, rcvhwm: int = 1000,
                  monitor: zmq.Socket | None = None, source: str | None = None,
                  delay_s: float = 0.0, hwm_for: Any = None) -> None:
-        super().__init__(name="n2a-receive", stop_event=stop_event, failed=failed)
+        super().__init__(name="n2a-receive", stop_event=stop_event)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.max_frame_bytes, self.model_meta, self.recorder = max_frame_bytes, model_meta, recorder
         self.rcvhwm, self.monitor, self.source, self.delay_s = rcvhwm, monitor, source, delay_s

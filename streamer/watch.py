@@ -66,8 +66,9 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import (ALLOWED_DTYPES, drain_subscriptions, encode_end, encode_frame,
-                       encode_start, send_message)
+from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .protocol import ALLOWED_DTYPES, encode_end, encode_frame, encode_start
+from .worker import Worker
 
 __all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "main", "tiff_complete", "wire_frame"]
 
@@ -268,8 +269,7 @@ class FolderWatcher:
         self.rejected: Counter[str] = Counter()
         self.rejections: list[str] = []  # the last few rejection messages (bounded)
         self.stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self._thread: Worker | None = None
 
     # -- socket ---------------------------------------------------------------------------------
     @property
@@ -283,34 +283,14 @@ class FolderWatcher:
         """Create and bind the socket; return the real endpoint."""
         if self.socket is not None:
             return self.endpoint
-        sock = self.context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
-        sock.linger = 0
-        sock.sndhwm = 1000
-        if self.pattern == "pub":
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        if self.curve_keys is not None:
-            from .security import start_authenticator
-            self._auth = start_authenticator(self.context, self.curve_keys)
-            self.curve_keys.configure_server(sock)
-        try:
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise OSError(f"n2a-watch cannot bind {self.address} (got {e})") from e
-        self.socket = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self._auth, self.endpoint = bind_source(
+            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
+            who="n2a-watch")
         return self.endpoint
 
     def _send(self, parts: list[Any]) -> bool:
         """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        while not self.stop_event.is_set():
-            if self.pattern == "pub" or self.socket.poll(100, zmq.POLLOUT):
-                try:
-                    send_message(self.socket, parts, flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    continue
-        return False
+        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _listening(self) -> bool:
         if self.pattern == "pub":
@@ -473,13 +453,9 @@ class FolderWatcher:
         while not self.stop_event.is_set():
             self.poll()
             self.stop_event.wait(self.poll_interval_s)
-        if self._started and (self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT)):
-            try:
-                tracker = send_message(self.socket, encode_end(self.series, count=self.seq),
-                                       flags=zmq.NOBLOCK, copy_threshold=0, track=True)
-                tracker.wait(1.0)  # every frame before the end marker has left our queue too
-            except (zmq.Again, zmq.NotDone):
-                log.warning("n2a-watch: the end message was not sent within 1 s")
+        if self._started:
+            send_end(self.socket, encode_end(self.series, count=self.seq), pattern=self.pattern,
+                     timeout_s=1.0, who="n2a-watch")
         return self.seq
 
     def summary(self) -> dict[str, Any]:
@@ -502,24 +478,23 @@ class FolderWatcher:
     def start(self) -> FolderWatcher:
         """Bind now and watch from a background thread."""
         self.bind()
-
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as e:  # reported to the owner through maybe_raise()
-                self.error = e
-
-        self._thread = threading.Thread(target=target, name="n2a-watch", daemon=True)
+        self._thread = Worker(name="n2a-watch", stop_event=self.stop_event, work=self.run)
         self._thread.start()
         return self
 
+    @property
+    def error(self) -> BaseException | None:
+        """The background thread's error, if it failed."""
+        return self._thread.error if self._thread is not None else None
+
     def maybe_raise(self) -> None:
         """Re-raise an error of the background thread in the caller."""
-        if self.error is not None:
-            raise RuntimeError(f"n2a-watch failed: {self.error}") from self.error
+        if self._thread is not None:
+            self._thread.maybe_raise()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop watching, close the socket (linger 0) and the private context."""
+    def close(self, timeout: float = 5.0, *, raise_error: bool = True) -> None:
+        """Stop watching, close the socket (linger 0) and the private context; then re-raise the
+        thread's error (unless ``raise_error`` is false: the owner reported it already)."""
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -533,7 +508,8 @@ class FolderWatcher:
             self._auth = None
         if self._own_context:
             self.context.term()
-        self.maybe_raise()
+        if raise_error:
+            self.maybe_raise()
 
     def __enter__(self) -> FolderWatcher:
         return self
@@ -581,11 +557,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be 0..65535 (got {args.port})")
     keys = None
     if args.curve_keys:
-        from .security import CurveKeys
+        from .security import CurveKeyError, CurveKeys
 
         try:
             keys = CurveKeys.load(args.curve_keys)
-        except (FileNotFoundError, RuntimeError) as e:
+        except CurveKeyError as e:
             parser.error(str(e))
     try:
         watcher = FolderWatcher(args.folder, existing=args.existing, poll_interval_s=args.poll,
@@ -619,8 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher.close()
     except (RuntimeError, TimeoutError) as e:
         print(f"n2a-watch: {e}", file=sys.stderr, flush=True)
-        watcher.error = None  # reported; close without raising it again
-        watcher.close()
+        watcher.close(raise_error=False)  # reported already
         status = 1
     print(watcher.status_line(), file=sys.stderr, flush=True)
     print(json.dumps(watcher.summary()), flush=True)

@@ -17,7 +17,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from viewer.receiver import FrameHeader, ReceivedFrame, ReceiverError, ReceiverStatus
 from viewer.snapshot import save_frame_tiff, snapshot_stem
-from viewer.stats import RateMeter
+from streamer.stats import RateMeter
 from viewer.widgets import COLORMAPS, CssPlot, ImagePanel, format_value
 
 __all__ = ["FrameSource", "ViewerWindow"]
@@ -284,7 +284,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.current = frame
         self._add_headers(headers)
         self.frames_shown += 1
-        self._display_rate.add(time.monotonic())
+        self._display_rate.tick(time.monotonic())
         self._refresh_slow()
         self.update_costs_ns.append(time.perf_counter_ns() - t0)
         self.frame_shown.emit(self.frames_shown)

@@ -15,7 +15,8 @@ import zmq
 
 from stream_testutils import Collector, make_lite_checkpoint, wait_until
 from streamer.pipeline import Stream
-from streamer.protocol import encode_frame, send_message
+from streamer.net import send_message
+from streamer.protocol import encode_frame
 
 ENGINE = "onnxruntime"
 _names = iter(range(10**9))

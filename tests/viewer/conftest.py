@@ -15,7 +15,7 @@ import pytest
 import zmq
 from PySide6 import QtCore, QtWidgets
 
-from streamer import protocol
+from streamer import net, protocol
 from viewer.receiver import FrameReceiver
 
 # Seconds to wait for something that normally takes well under a second: a loaded 2-core CI
@@ -94,7 +94,7 @@ class Publisher:
                 time.sleep(0.02)
 
     def send(self, parts: list) -> None:
-        protocol.send_message(self.sock, parts)
+        net.send_message(self.sock, parts)
 
     def start(self, series: str) -> None:
         self.send(protocol.encode_start(series))

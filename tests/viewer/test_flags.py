@@ -10,7 +10,7 @@ import zmq
 
 from detector_styles import clean_series, detector_styles, zero_checkpoint
 from noise2atom.checkpoint import default_model_path
-from streamer import protocol
+from streamer import net, protocol
 from streamer.pipeline import Stream
 from viewer.receiver import FrameReceiver
 from viewer.window import WARN_STYLE, ViewerWindow
@@ -39,7 +39,7 @@ def test_flat_output_flag_shows_in_red_in_the_status_bar(qtbot, tmp_path):
             assert not flags.isVisible()
             qtbot.waitUntil(lambda: stream.subscriptions >= 1, timeout=10_000)
             for seq, frame in enumerate(frames):
-                protocol.send_message(push, protocol.encode_frame(frame, seq=seq, series="blank",
+                net.send_message(push, protocol.encode_frame(frame, seq=seq, series="blank",
                                                                   t_acq_ns=time.time_ns()))
             qtbot.waitUntil(lambda: window.current is not None and window.current.seq == 2, timeout=60_000)
             assert np.ptp(window.denoised_panel.image) == 0  # the engine blanked it

@@ -7,7 +7,7 @@ import pytest
 import zmq
 
 from noise2atom.stem_sim import StemSimulator
-from streamer import protocol
+from streamer import net, protocol
 from streamer.learner import LearnConfig
 from streamer.pipeline import Stream
 from viewer.receiver import FrameReceiver
@@ -38,7 +38,7 @@ def test_learn_state_shows_in_the_status_bar_only_when_learning(qtbot, tmp_path)
             assert not label.isVisible()
             qtbot.waitUntil(lambda: stream.subscriptions >= 1, timeout=30_000)
             for seq in range(3):
-                protocol.send_message(push, protocol.encode_frame(
+                net.send_message(push, protocol.encode_frame(
                     sim.frame(seq).noisy, seq=seq, series="s", t_acq_ns=time.time_ns()))
             qtbot.waitUntil(lambda: window.current is not None and window.current.seq == 2,
                             timeout=60_000)
