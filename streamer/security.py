@@ -70,6 +70,12 @@ def _listing(d: Path) -> str:
         return f"an unreadable directory: {e}"
 
 
+def _check_curve(d: Path) -> None:
+    if not zmq.has("curve"):
+        raise CurveKeyError(f"--curve-keys {d}: expected a libzmq with CURVE support (got "
+                            f"libzmq {zmq.zmq_version()} without it)")
+
+
 def _read_key_file(path: Path, *, need_secret: bool) -> tuple[bytes, bytes | None]:
     """Read one ``zmq.auth`` key file and check its keys look like Z85 CURVE keys."""
     what = ("a zmq.auth key file with public-key and secret-key" if need_secret
@@ -130,9 +136,7 @@ class CurveKeys:
             readable by group or others).
         """
         d = Path(directory)
-        if not zmq.has("curve"):
-            raise CurveKeyError(f"--curve-keys {d}: expected a libzmq with CURVE support (got "
-                                f"libzmq {zmq.zmq_version()} without it)")
+        _check_curve(d)
         if not (d / "server.key").is_file() and not (d / "server.key_secret").is_file():
             raise CurveKeyError(
                 f"--curve-keys {d}: expected server.key (and client.key_secret / "
@@ -178,7 +182,12 @@ class CurveKeys:
             raise CurveKeyError(f"--curve-keys {d}: expected server.key and client.key_secret "
                                 f"(make them with n2a-stream --make-keys DIR) (got {_listing(d)}, "
                                 f"missing {missing})")
-        return cls.load(d)
+        _check_curve(d)
+        check_secret_file(d / "client.key_secret")
+        server_public, _ = _read_key_file(d / "server.key", need_secret=False)
+        client_public, client_secret = _read_key_file(d / "client.key_secret", need_secret=True)
+        return cls(directory=d, server_public=server_public, server_secret=None,
+                   client_public=client_public, client_secret=client_secret)
 
     def configure_server(self, socket: zmq.Socket) -> None:
         """Make ``socket`` a CURVE server (call before bind)."""
