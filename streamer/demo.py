@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         replay = subprocess.Popen(
-            [py, "-m", "streamer.replay", "--simulate", "--size", str(args.size),
+            [py, "-m", "streamer.replay_cli", "--simulate", "--size", str(args.size),
              "--scene", "nanoparticle", "--peak-counts", str(args.peak_counts),
              "--drift", str(args.drift), "--fps", str(args.fps), "--count", str(args.frames),
              "--port", str(port), "--wait-subscribers", "1", "--wait-timeout", "120",

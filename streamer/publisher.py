@@ -25,7 +25,7 @@ from .net import drain_subscriptions, send_message
 from .protocol import encode_end, encode_frame, encode_start
 from .queues import FrameQueue
 from .stats import Counters, RateLimitedLog, StreamStats
-from .subscriber import EndMarker, InFrame, SeriesState
+from .receive import EndMarker, InFrame, SeriesState
 from .worker import Worker
 
 __all__ = ["CSS_MIN_SIDE", "END_FIELDS", "OutFrame", "Publisher"]

@@ -1,4 +1,5 @@
-"""``n2a-watch``: a folder watcher that publishes the frames an acquisition program saves, over protocol v1.
+"""``n2a-watch``: a folder watcher that publishes the frames an acquisition program saves, over
+protocol v1 (its command line: :mod:`streamer.watch_cli`).
 
 Gatan DigitalMicrograph, Thermo Fisher Velox / TIA and many scripts save each frame (or each short
 stack) as a file. ``n2a-watch DIR`` polls the folder and publishes every complete file's frames to
@@ -47,14 +48,10 @@ Watch the folder DigitalMicrograph saves into; ``n2a-stream`` subscribes to port
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import os
-import signal
 import struct
-import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -70,7 +67,7 @@ from .net import bind_source, drain_subscriptions, send_end, send_waiting
 from .protocol import ALLOWED_DTYPES, encode_end, encode_frame, encode_start
 from .worker import Worker
 
-__all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "main", "tiff_complete", "wire_frame"]
+__all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "tiff_complete", "wire_frame"]
 
 log = logging.getLogger("n2a.watch")
 
@@ -516,91 +513,3 @@ class FolderWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="n2a-watch",
-        description="Publish the frames an acquisition program saves into a folder "
-                    "(DM3/DM4/EMD/SER/TIFF/HDF5) over n2a's protocol v1, each complete file once.")
-    p.add_argument("folder", help="the folder the acquisition program saves into")
-    p.add_argument("--existing", choices=["send", "skip"], default="send",
-                   help="files already in the folder: send them (oldest first; default) or skip")
-    p.add_argument("--poll", type=float, default=0.25, help="seconds between polls (0.25)")
-    p.add_argument("--stable-polls", type=int, default=2,
-                   help="polls a file must stay unchanged before it is read (2)")
-    p.add_argument("--reject-after", type=float, default=5.0,
-                   help="seconds a stable file may fail to read before it is rejected (5)")
-    p.add_argument("--series", help="series name (default: watch-<time>)")
-    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
-    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
-    p.add_argument("--wait-subscribers", type=int, default=1,
-                   help="PUB: read nothing while fewer subscribers are connected (default 1)")
-    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
-    p.add_argument("--status-interval", type=float, default=1.0,
-                   help="seconds between status lines on stderr (0: none)")
-    p.add_argument("--log-level", default="WARNING")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``n2a-watch``."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.port < 0 or args.port > 65535:
-        parser.error(f"--port must be 0..65535 (got {args.port})")
-    keys = None
-    if args.curve_keys:
-        from .security import CurveKeyError, CurveKeys
-
-        try:
-            keys = CurveKeys.load(args.curve_keys)
-        except CurveKeyError as e:
-            parser.error(str(e))
-    try:
-        watcher = FolderWatcher(args.folder, existing=args.existing, poll_interval_s=args.poll,
-                                stable_polls=args.stable_polls, reject_after_s=args.reject_after,
-                                series=args.series, pattern=args.pattern, host=args.host,
-                                port=args.port, address=args.address,
-                                wait_subscribers=args.wait_subscribers, curve_keys=keys)
-    except (NotADirectoryError, ValueError) as e:
-        parser.error(str(e))
-    try:
-        endpoint = watcher.bind()
-    except OSError as e:
-        print(f"n2a-watch: {e}", file=sys.stderr)
-        watcher.close()
-        return 2
-    print(json.dumps({"endpoint": endpoint, "port": watcher.port, "pattern": args.pattern,
-                      "series": watcher.series, "folder": str(watcher.folder)}), flush=True)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        watcher.stop_event.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    watcher.start()
-    status = 0
-    try:
-        while not watcher.stop_event.wait(args.status_interval or 1.0):
-            watcher.maybe_raise()
-            if args.status_interval:
-                print(watcher.status_line(), file=sys.stderr, flush=True)
-        watcher.close()
-    except (RuntimeError, TimeoutError) as e:
-        print(f"n2a-watch: {e}", file=sys.stderr, flush=True)
-        watcher.close(raise_error=False)  # reported already
-        status = 1
-    print(watcher.status_line(), file=sys.stderr, flush=True)
-    print(json.dumps(watcher.summary()), flush=True)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

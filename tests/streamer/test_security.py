@@ -81,7 +81,7 @@ def test_the_clis_exit_2_on_a_readable_secret_key(tmp_path, lite_model):
     _exit_2_with(run_module("streamer.cli", "--port", "0", "--out-port", "0", "--model",
                             str(lite_model), "--engine", "onnxruntime", "--curve-keys", str(top)),
                  "cannot start", "server.key_secret", "chmod 600")
-    _exit_2_with(run_module("streamer.replay", "--simulate", "--count", "1", "--curve-keys",
+    _exit_2_with(run_module("streamer.replay_cli", "--simulate", "--count", "1", "--curve-keys",
                             str(top)), "acquisition/server.key_secret", "chmod 600")
     _exit_2_with(run_module("viewer.app", "--port", "5556", "--curve-keys", str(top)),
                  "client.key_secret", "chmod 600")
