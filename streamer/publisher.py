@@ -167,18 +167,19 @@ class Publisher(Worker):
         now = time.time_ns()
         timing["receive_to_publish"] = now - item.t_recv_ns
         timing["acq_to_publish"] = now - item.t_acq_ns
-        arrays = [out.denoised, item.raw] if self.with_raw else [out.denoised]
-        names = ["denoised", "raw"] if self.with_raw else ["denoised"]
-        parts = encode_frame(arrays, parts=names, seq=item.seq, series=item.series.name,
-                             t_acq_ns=item.t_acq_ns, meta=item.series.meta or None,
-                             timing=timing, **fields)
+        header = dict(seq=item.seq, series=item.series.name, t_acq_ns=item.t_acq_ns,
+                      meta=item.series.meta or None, timing=timing, **fields)
+        if not self.with_raw:  # the record is the message sent: encoded once
+            parts = record = encode_frame(out.denoised, parts=["denoised"], **header)
+        else:  # the record leaves the raw part out (the receive stage records every raw frame)
+            parts = encode_frame([out.denoised, item.raw], parts=["denoised", "raw"], **header)
+            record = (encode_frame(out.denoised, parts=["denoised"], **header)
+                      if self.recorder is not None else None)
         t2 = time.perf_counter_ns()
         self._send(parts)
         t3 = time.perf_counter_ns()
-        if self.recorder is not None:
-            self.recorder.write("denoised", encode_frame(
-                out.denoised, parts=["denoised"], seq=item.seq, series=item.series.name,
-                t_acq_ns=item.t_acq_ns, meta=item.series.meta or None, timing=timing, **fields))
+        if record is not None and self.recorder is not None:
+            self.recorder.write("denoised", record)
         st = self.stats
         st.counts.add("published")
         st.rate_out.tick()
