@@ -209,72 +209,76 @@ class Stream:
         if self._started:
             raise RuntimeError("Stream.start() called twice (got a stream already started)")
         self._started = True
-        cfg = self.config
         try:
             self._open_engine()
-            if cfg.learn is not None:
+            if self.config.learn is not None:
                 self._make_learner()
-            if cfg.record is not None:
+            if self.config.record is not None:
                 from .recorder import Recorder
-                self.recorder = Recorder(cfg.record)
-            self.context = zmq.Context()
-            keys = in_keys = None
-            if cfg.curve_keys is not None:  # one key set per link: see streamer.security
-                from .security import link_keys, start_authenticator
-                keys, in_keys = link_keys(cfg.curve_keys, "viewer"), link_keys(cfg.curve_keys,
-                                                                              "acquisition")
-                self._auth = start_authenticator(self.context, keys)
-            out = self.context.socket(zmq.XPUB)
-            out.linger = 0
-            # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
-            # Until the first series says its frame size, assume the largest frame allowed.
-            out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
-            out.setsockopt(zmq.XPUB_VERBOSE, 1)
-            if keys is not None:
-                keys.configure_server(out)
-            self._out_sock = out
-            try:
-                out.bind(cfg.out)
-            except zmq.ZMQError as e:
-                raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
-            self.out_endpoint = out.getsockopt_string(zmq.LAST_ENDPOINT)
-            sock = subscriber_socket(self.context, pattern=cfg.pattern, curve=in_keys,
-                                     rcvhwm=cfg.rcvhwm or socket_hwm(cfg.buffer_mb,
-                                                                     cfg.max_frame_bytes))
-            # ZeroMQ refuses a larger part before it is in memory (and closes that connection;
-            # the receiver counts it and connects again). The header part is far smaller.
-            sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
-            self._in_sock = sock
-            self._monitor = sock.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+                self.recorder = Recorder(self.config.record)
+            self._open_sockets()
         except BaseException:
             self._close_resources()
             raise
-        # after the engine: keeps `import streamer` light
-        from noise2atom.guard import FidelityGuard, TrainingRange
-        from noise2atom.metrics import RollingCSS
+        stages = self._make_stages()
+        self._connect_input()  # last: a PUB source may start sending as soon as we subscribe
+        self._threads = stages
+        self._t_start = time.monotonic()
+        for t in self._threads:
+            t.start()
+        if self.learner is not None:
+            self.learner.start()
+        return self
 
-        training = TrainingRange.from_config(self.engine.config)
-        model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
+    def _open_sockets(self) -> None:
+        """The context, the CURVE authenticator, the bound output and the (unconnected) input."""
+        cfg = self.config
+        self.context = zmq.Context()
+        keys = in_keys = None
+        if cfg.curve_keys is not None:  # one key set per link: see streamer.security
+            from .security import link_keys, start_authenticator
+            keys = link_keys(cfg.curve_keys, "viewer")
+            in_keys = link_keys(cfg.curve_keys, "acquisition")
+            self._auth = start_authenticator(self.context, keys)
+        self._out_sock = self._bind_output(keys)
+        self.out_endpoint = self._out_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock = subscriber_socket(self.context, pattern=cfg.pattern, curve=in_keys,
+                                 rcvhwm=cfg.rcvhwm or socket_hwm(cfg.buffer_mb,
+                                                                 cfg.max_frame_bytes))
+        # ZeroMQ refuses a larger part before it is in memory (and closes that connection; the
+        # receiver counts it and connects again). The header part is far smaller.
+        sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
+        self._in_sock = sock
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
-        def make_css(scaling: Any) -> tuple[RollingCSS, RollingCSS]:
-            return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
-                    RollingCSS(cfg.css_window, lo=scaling.lo, hi=scaling.hi))
+    def _bind_output(self, keys: Any) -> zmq.Socket:
+        """The output XPUB (a PUB that sees viewers subscribe), bound to ``config.out``."""
+        cfg = self.config
+        out = self.context.socket(zmq.XPUB)
+        out.linger = 0
+        # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
+        # Until the first series says its frame size, assume the largest frame allowed.
+        out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
+        out.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if keys is not None:
+            keys.configure_server(out)
+        self._out_sock = out  # closed by _close_resources if the bind fails
+        try:
+            out.bind(cfg.out)
+        except zmq.ZMQError as e:
+            raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
+        return out
 
-        def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
-            return FidelityGuard(scaling, dtype=dtype, reference=training)
-
-        def hwm_for(message_bytes: int) -> int:
-            return socket_hwm(cfg.buffer_mb, message_bytes)
-
-        inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
-                         is_droppable=lambda i: isinstance(i, InFrame))
-        outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
-                          is_droppable=lambda i: isinstance(i, OutFrame))
-        self.inq, self.outq = inq, outq
-        receiver = Receiver(socket=self._in_sock, queue=inq, stats=self.stats,
-                            stop_event=self.stop_input,
-                            max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
+    def _make_stages(self) -> list[Worker]:
+        """The receive, denoise and publish stages and the bounded queues between them."""
+        cfg = self.config
+        self.inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
+                              is_droppable=lambda i: isinstance(i, InFrame))
+        self.outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
+                               is_droppable=lambda i: isinstance(i, OutFrame))
+        receiver = Receiver(socket=self._in_sock, queue=self.inq, stats=self.stats,
+                            stop_event=self.stop_input, max_frame_bytes=cfg.max_frame_bytes,
+                            model_meta=dict(getattr(self.engine.config, "meta", {}) or {}),
                             recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
                             monitor=self._monitor, source=cfg.source,
                             delay_s=cfg.receive_delay_ms / 1000,
@@ -282,32 +286,48 @@ class Stream:
                             # high-water mark leaves a PUSH peer blocked at the old one for good
                             # (libzmq wakes a writer every hwm/2 reads, counted at the new hwm).
                             hwm_for=None)
-        denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
+        denoiser = Denoiser(engine=self.engine, inq=self.inq, outq=self.outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
                             delay_s=cfg.denoise_delay_ms / 1000,
                             max_failures=cfg.max_engine_failures, engine_name=self.engine_name,
                             model_id=self.model_id, learner=self.learner)
-        publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
-                              stop_event=self.publish_stop,
-                              make_css=make_css if cfg.css else None, make_guard=make_guard,
-                              engine_name=self.engine_name,
+        make_css, make_guard = self._measures()
+        publisher = Publisher(socket=self._out_sock, queue=self.outq, stats=self.stats,
+                              stop_event=self.publish_stop, make_css=make_css,
+                              make_guard=make_guard, engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
-                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for,
+                              recorder=self.recorder,
+                              hwm_for=None if cfg.sndhwm else self._hwm_for,
                               learner=self.learner)
-        # Connect last: a PUB source may start sending as soon as we subscribe.
+        return [receiver, denoiser, publisher]
+
+    def _hwm_for(self, message_bytes: int) -> int:
+        return socket_hwm(self.config.buffer_mb, message_bytes)
+
+    def _measures(self) -> tuple[Any, Any]:
+        """The publisher's per-series factories: rolling CSS (None when off) and the guard."""
+        # imported after the engine: keeps `import streamer` light
+        from noise2atom.guard import FidelityGuard, TrainingRange
+        from noise2atom.metrics import RollingCSS
+
+        window, training = self.config.css_window, TrainingRange.from_config(self.engine.config)
+
+        def make_css(scaling: Any) -> tuple[RollingCSS, RollingCSS]:
+            return (RollingCSS(window, lo=0.0, hi=1.0),
+                    RollingCSS(window, lo=scaling.lo, hi=scaling.hi))
+
+        def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
+            return FidelityGuard(scaling, dtype=dtype, reference=training)
+
+        return (make_css if self.config.css else None), make_guard
+
+    def _connect_input(self) -> None:
         try:
-            self._in_sock.connect(cfg.source)
+            self._in_sock.connect(self.config.source)
         except zmq.ZMQError as e:
             self._close_resources()
-            raise ValueError(f"n2a-stream cannot connect to {cfg.source} (expected a ZeroMQ "
-                             f"address like tcp://HOST:PORT; got {e})") from e
-        self._threads = [receiver, denoiser, publisher]
-        self._t_start = time.monotonic()
-        for t in self._threads:
-            t.start()
-        if self.learner is not None:
-            self.learner.start()
-        return self
+            raise ValueError(f"n2a-stream cannot connect to {self.config.source} (expected a "
+                             f"ZeroMQ address like tcp://HOST:PORT; got {e})") from e
 
     def _make_learner(self) -> None:
         """The learner of ``--learn``: same back end and device as the stream's engine."""

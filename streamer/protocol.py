@@ -430,6 +430,17 @@ def _require(header: dict[str, Any], key: str, types: tuple[type, ...], what: st
 
 def decode_header(raw: Any) -> dict[str, Any]:
     """Unpack and validate the header part of a message (no payload checks)."""
+    header = _unpack_header(raw)
+    _check_envelope(header)
+    if header["type"] == "frame":
+        _check_frame_fields(header)
+        _check_part_names(header)
+        _check_output_fields(header)
+    return header
+
+
+def _unpack_header(raw: Any) -> dict[str, Any]:
+    """The header part as a map with str keys (size checked before unpacking)."""
     view = _buffer(raw)
     if len(view) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header must be at most {MAX_HEADER_BYTES} bytes (got {len(view)})",
@@ -445,6 +456,11 @@ def decode_header(raw: Any) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in header):
         raise ProtocolError(f"header keys must be str (got {list(header)[:8]!r})",
                             reason="malformed")
+    return header
+
+
+def _check_envelope(header: dict[str, Any]) -> None:
+    """What every message has: ``v``, ``type``, ``series`` and an optional ``meta``."""
     v = header.get("v")
     if not _is_int(v) or v != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version must be {PROTOCOL_VERSION} (got {v!r})",
@@ -456,8 +472,10 @@ def decode_header(raw: Any) -> dict[str, Any]:
     _check_series(_require(header, "series", (str,), "a str"), "field")
     if header.get("meta") is not None:
         check_meta(header["meta"])
-    if kind != "frame":
-        return header
+
+
+def _check_frame_fields(header: dict[str, Any]) -> None:
+    """A frame's ``seq``, ``t_acq_ns``, ``shape`` and ``dtype``."""
     _check_int(_require(header, "seq", (int,), "an int >= 0"), "header field 'seq'", "field")
     _check_int(_require(header, "t_acq_ns", (int,), "an int (ns)"), "header field 't_acq_ns'",
                "field")
@@ -469,6 +487,10 @@ def decode_header(raw: Any) -> dict[str, Any]:
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype must be one of {ALLOWED_DTYPES} (got {dtype!r})",
                             reason="dtype")
+
+
+def _check_part_names(header: dict[str, Any]) -> None:
+    """A frame's optional ``parts`` names and ``dtypes`` (one per part, the first = ``dtype``)."""
     if "parts" in header:
         parts = header["parts"]
         if (not isinstance(parts, list) or not parts
@@ -478,13 +500,17 @@ def decode_header(raw: Any) -> dict[str, Any]:
                                 f"(got {parts!r})", reason="parts")
     n_parts = len(header.get("parts") or [DEFAULT_INPUT_PART])
     if "dtypes" in header:
-        dtypes = header["dtypes"]
+        dtype, dtypes = header["dtype"], header["dtypes"]
         if not isinstance(dtypes, list) or len(dtypes) != n_parts:
             raise ProtocolError(f"header field 'dtypes' must list one dtype per part "
                                 f"({n_parts}) (got {dtypes!r})", reason="dtype")
         if dtypes[0] != dtype or not all(d in ALLOWED_DTYPES for d in dtypes):
             raise ProtocolError(f"'dtypes' must start with dtype {dtype!r} and use "
                                 f"{ALLOWED_DTYPES} (got {dtypes!r})", reason="dtype")
+
+
+def _check_output_fields(header: dict[str, Any]) -> None:
+    """The types of the :data:`OUTPUT_FIELDS` present (finite CSS values)."""
     for key, types in OUTPUT_FIELDS.items():
         if key in header:
             value = header[key]
@@ -496,7 +522,6 @@ def decode_header(raw: Any) -> dict[str, Any]:
                 names = "/".join(t.__name__ for t in types)
                 raise ProtocolError(f"output field {key!r} must be {names} (got {value!r})",
                                     reason="field")
-    return header
 
 
 def decode(parts: Sequence[Any]) -> Message:
