@@ -78,7 +78,6 @@ class SeriesState:
 class InFrame:
     """A validated raw frame on its way to the denoiser."""
 
-    msg: Message
     raw: np.ndarray
     seq: int
     t_acq_ns: int
@@ -264,7 +263,7 @@ class Receiver(Worker):
         self.stats.counts.add("frames_in")
         self.stats.rate_in.tick()
         t_enq = time.time_ns()
-        item = InFrame(msg=msg, raw=raw, seq=msg.seq, t_acq_ns=msg.t_acq_ns, t_recv_ns=t_recv_ns,
+        item = InFrame(raw=raw, seq=msg.seq, t_acq_ns=msg.t_acq_ns, t_recv_ns=t_recv_ns,
                        t_enq_ns=t_enq, receive_ns=t_enq - t_recv_ns, series=series)
         self._enqueue(item)
 
