@@ -92,7 +92,7 @@ def measure_update_cost(app, size: int, *, n: int = 150, warmup: int = 20) -> di
 
 def _publish(address_holder: dict, size: int, fps: float, seconds: float, ready: threading.Event,
              go: threading.Event, stop: threading.Event, sent: dict) -> None:
-    from streamer import protocol
+    from streamer import net, protocol
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUB)
@@ -104,7 +104,7 @@ def _publish(address_holder: dict, size: int, fps: float, seconds: float, ready:
         raws, dens = _frames(size, seed=1)
         # Slow joiner: announce the series until the bench says the viewer is subscribed.
         while not go.is_set() and not stop.is_set():
-            protocol.send_message(sock, protocol.encode_start("keepup"))
+            net.send_message(sock, protocol.encode_start("keepup"))
             time.sleep(0.02)
         period = 1.0 / fps
         t_start = time.perf_counter()
@@ -115,13 +115,13 @@ def _publish(address_holder: dict, size: int, fps: float, seconds: float, ready:
             if delay > 0:
                 time.sleep(delay)
             raw, den = raws[i % 4].copy(), dens[i % 4].copy()
-            protocol.send_message(sock, protocol.encode_frame(
+            net.send_message(sock, protocol.encode_frame(
                 [den, raw], parts=["denoised", "raw"], seq=i, series="keepup", t_acq_ns=time.time_ns(),
                 css=0.5, css_raw=0.1, css_mean=0.5, dropped=0, gaps=0, engine="bench", model="none"))
             i += 1
         sent["n"] = i
         sent["seconds"] = time.perf_counter() - t_start
-        protocol.send_message(sock, protocol.encode_end("keepup"))
+        net.send_message(sock, protocol.encode_end("keepup"))
     finally:
         sock.close(linger=2000)  # let the last frames and the end message out
         ctx.term()

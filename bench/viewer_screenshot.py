@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen] = []
     try:
         replay = subprocess.Popen(
-            [py, "-m", "streamer.replay", "--simulate", "--size", str(args.size), "--scene", "nanoparticle",
+            [py, "-m", "streamer.replay_cli", "--simulate", "--size", str(args.size), "--scene", "nanoparticle",
              "--fps", str(args.fps), "--count", str(args.after * 4), "--port", "0", "--wait-subscribers", "1",
              "--series", "simulated-nanoparticle"],
             env=env, stdout=subprocess.PIPE, text=True)

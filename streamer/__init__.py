@@ -1,7 +1,8 @@
 """streamer: n2a's live path — wire protocol, receive/denoise/publish pipeline, recorder, replay.
 
-``import streamer`` stays light (the viewer imports :mod:`streamer.protocol`); the pipeline, replay
-and security modules are imported on first use of their names.
+``import streamer`` stays light (the viewer imports :mod:`streamer.protocol`, :mod:`streamer.net`,
+:mod:`streamer.security`, :mod:`streamer.stats` and :mod:`streamer.worker`); the pipeline, replay,
+recorder and security modules are imported on first use of their names.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from importlib import import_module
 from typing import Any
 
 from .protocol import Message, ProtocolError, decode, encode_end, encode_frame, encode_start
-from .recorder import Recorder, Recording, read_recording
 
 __all__ = [
     "CurveKeys",
@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 _LAZY = {"Stream": "pipeline", "StreamConfig": "pipeline", "Replay": "replay",
-         "CurveKeys": "security"}
+         "CurveKeys": "security", "Recorder": "recorder", "Recording": "recorder",
+         "read_recording": "recorder"}
 
 
 def __getattr__(name: str) -> Any:

@@ -98,6 +98,100 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+Procs = list[tuple[str, subprocess.Popen]]
+
+
+def _start_replay(args: argparse.Namespace, env: dict[str, str], port: int, procs: Procs) -> str:
+    """Start the simulated source; return the endpoint it reports."""
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "streamer.replay_cli", "--simulate", "--size", str(args.size),
+         "--scene", "nanoparticle", "--peak-counts", str(args.peak_counts),
+         "--drift", str(args.drift), "--fps", str(args.fps), "--count", str(args.frames),
+         "--port", str(port), "--wait-subscribers", "1", "--wait-timeout", "120",
+         "--series", "demo"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(("n2a-replay", replay))
+    first = replay.stdout.readline()
+    try:
+        return json.loads(first)["endpoint"]
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"n2a-replay did not report its endpoint (got {first!r}; "
+                           f"stderr {replay.stderr.read()[-500:]!r})") from e
+
+
+def _start_stream(args: argparse.Namespace, env: dict[str, str], endpoint: str, out_port: int,
+                  procs: Procs) -> subprocess.Popen:
+    """Start ``n2a-stream`` on the source, ending when the series ends."""
+    cmd = [sys.executable, "-m", "streamer.cli", "--source", endpoint, "--out-port", str(out_port),
+           "--engine", args.engine, "--exit-on-end"]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.record:
+        cmd += ["--record", args.record]
+    stream = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    procs.append(("n2a-stream", stream))
+    return stream
+
+
+def _start_viewer(args: argparse.Namespace, env: dict[str, str], out_port: int,
+                  procs: Procs) -> None:
+    """Start the viewer when there is a display and the viewer is installed."""
+    if args.headless or not _has_display() or not _viewer_available():
+        print("demo: headless (no display or no viewer): status lines follow", flush=True)
+        return
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from viewer.app import main; sys.exit(main(sys.argv[1:]))",
+         "--port", str(out_port)], env=env)
+    procs.append(("n2a-view", viewer))
+    print("demo: viewer started (close it or press Ctrl-C to end early)", flush=True)
+
+
+def _relay(stream: subprocess.Popen, summary: dict) -> threading.Thread:
+    """Print n2a-stream's status lines as they come; keep its summary line in ``summary``."""
+    def relay() -> None:
+        for line in stream.stderr:
+            line = line.rstrip("\n")
+            if line.startswith(SUMMARY_PREFIX):
+                summary.update(json.loads(line[len(SUMMARY_PREFIX):]))
+            else:
+                print(line, flush=True)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for_stream(procs: Procs, deadline: float, interrupted: threading.Event) -> list[str]:
+    """Wait until n2a-stream ends; what went wrong meanwhile (interrupt, deadline, source)."""
+    (_, replay), (_, stream) = procs[:2]
+    while stream.poll() is None:
+        if interrupted.is_set():
+            return ["interrupted"]
+        if time.monotonic() > deadline:
+            return ["n2a-stream did not finish in time"]
+        if replay.poll() not in (None, 0):
+            return [f"n2a-replay exited with {replay.returncode}: {replay.stderr.read()[-500:]}"]
+        time.sleep(0.2)
+    return []
+
+
+def _report(summary: dict, frames: int) -> list[str]:
+    """Print the demo's one-line summary; what failed."""
+    if not summary:
+        return ["n2a-stream printed no summary"]
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    print(f"demo summary: {summary['published']} of {frames} frames denoised, "
+          f"{summary['dropped']} dropped, {summary['gaps']} lost upstream; latency p50 "
+          f"{f(summary['latency_p50_ms'], '.1f')} ms, p99 {f(summary['latency_p99_ms'], '.1f')}"
+          f" ms; mean CSS raw {f(summary['css_raw_mean'], '.3f')} -> denoised "
+          f"{f(summary['css_mean'], '.3f')}; engine {summary['engine']}", flush=True)
+    return ["no frame was denoised"] if summary["published"] == 0 else []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when every process ran and ended cleanly."""
     args = _parser().parse_args(argv)
@@ -105,78 +199,23 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"--frames must be >= 1 (got {args.frames})")
     if args.fps <= 0:
         _parser().error(f"--fps must be > 0 (got {args.fps})")
-    env = _env()
-    py = sys.executable
-    port = _free_pair()
-    procs: list[tuple[str, subprocess.Popen]] = []
+    env, port = _env(), _free_pair()
+    procs: Procs = []
     summary: dict = {}
     failures: list[str] = []
     interrupted = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        interrupted.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        replay = subprocess.Popen(
-            [py, "-m", "streamer.replay", "--simulate", "--size", str(args.size),
-             "--scene", "nanoparticle", "--peak-counts", str(args.peak_counts),
-             "--drift", str(args.drift), "--fps", str(args.fps), "--count", str(args.frames),
-             "--port", str(port), "--wait-subscribers", "1", "--wait-timeout", "120",
-             "--series", "demo"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(("n2a-replay", replay))
-        first = replay.stdout.readline()
-        try:
-            endpoint = json.loads(first)["endpoint"]
-        except (ValueError, KeyError) as e:
-            raise RuntimeError(f"n2a-replay did not report its endpoint (got {first!r}; "
-                               f"stderr {replay.stderr.read()[-500:]!r})") from e
-        cmd = [py, "-m", "streamer.cli", "--source", endpoint, "--out-port", str(port + 1),
-               "--engine", args.engine, "--exit-on-end"]
-        if args.model:
-            cmd += ["--model", args.model]
-        if args.record:
-            cmd += ["--record", args.record]
-        stream = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        procs.append(("n2a-stream", stream))
+        endpoint = _start_replay(args, env, port, procs)
+        stream = _start_stream(args, env, endpoint, port + 1, procs)
         print(f"demo: n2a-replay {endpoint} ({args.frames} frames of {args.size}² at "
               f"{args.fps:g} fps) -> n2a-stream -> tcp://127.0.0.1:{port + 1}", flush=True)
-        if not args.headless and _has_display() and _viewer_available():
-            viewer = subprocess.Popen(
-                [py, "-c", "import sys; from viewer.app import main; sys.exit(main(sys.argv[1:]))",
-                 "--port", str(port + 1)], env=env)
-            procs.append(("n2a-view", viewer))
-            print("demo: viewer started (close it or press Ctrl-C to end early)", flush=True)
-        else:
-            print("demo: headless (no display or no viewer): status lines follow", flush=True)
-
-        def relay() -> None:
-            for line in stream.stderr:
-                line = line.rstrip("\n")
-                if line.startswith(SUMMARY_PREFIX):
-                    summary.update(json.loads(line[len(SUMMARY_PREFIX):]))
-                else:
-                    print(line, flush=True)
-
-        relay_thread = threading.Thread(target=relay, daemon=True)
-        relay_thread.start()
-        deadline = time.monotonic() + args.frames / args.fps + 300
-        while stream.poll() is None:
-            if interrupted.is_set():
-                failures.append("interrupted")
-                break
-            if time.monotonic() > deadline:
-                failures.append("n2a-stream did not finish in time")
-                break
-            if replay.poll() not in (None, 0):
-                failures.append(f"n2a-replay exited with {replay.returncode}: "
-                                f"{replay.stderr.read()[-500:]}")
-                break
-            time.sleep(0.2)
+        _start_viewer(args, env, port + 1, procs)
+        relay = _relay(stream, summary)
+        failures += _wait_for_stream(procs, time.monotonic() + args.frames / args.fps + 300,
+                                     interrupted)
         _stop(procs)
-        relay_thread.join(10)
+        relay.join(10)
     except (RuntimeError, OSError) as e:
         failures.append(str(e))
     finally:
@@ -186,19 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, p in procs:
         if name != "n2a-view" and p.returncode not in (0, None) and not interrupted.is_set():
             failures.append(f"{name} exited with {p.returncode}")
-    if summary:
-        def f(v, fmt):
-            return "-" if v is None else format(v, fmt)
-
-        print(f"demo summary: {summary['published']} of {args.frames} frames denoised, "
-              f"{summary['dropped']} dropped, {summary['gaps']} lost upstream; latency p50 "
-              f"{f(summary['latency_p50_ms'], '.1f')} ms, p99 {f(summary['latency_p99_ms'], '.1f')}"
-              f" ms; mean CSS raw {f(summary['css_raw_mean'], '.3f')} -> denoised "
-              f"{f(summary['css_mean'], '.3f')}; engine {summary['engine']}", flush=True)
-        if summary["published"] == 0:
-            failures.append("no frame was denoised")
-    else:
-        failures.append("n2a-stream printed no summary")
+    failures += _report(summary, args.frames)
     if failures:
         print("demo FAILED: " + "; ".join(dict.fromkeys(failures)), file=sys.stderr, flush=True)
         return 1

@@ -85,7 +85,7 @@ class Learner(Worker):
 
     def __init__(self, *, checkpoint: Path, open_engine: Callable[[Path], Any],
                  config: LearnConfig, workdir: Path, stop_event: threading.Event) -> None:
-        super().__init__(name="n2a-learn", stop_event=stop_event, failed=threading.Event())
+        super().__init__(name="n2a-learn", stop_event=stop_event)
         self.config, self.start_path, self.workdir = config, Path(checkpoint), Path(workdir)
         self._open_engine = open_engine
         self._lock = threading.Lock()

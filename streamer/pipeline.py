@@ -35,12 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .protocol import MAX_HEADER_BYTES
 from .publisher import OutFrame, Publisher
 from .queues import FrameQueue
-from .stats import RateLimitedLog, StreamStats
-from .subscriber import EndMarker, InFrame, Receiver, SeriesState
+from .stats import StreamStats
+from .receive import EndMarker, InFrame, Receiver, SeriesState
+from .denoise import Denoiser
 from .learner import LearnConfig, Learner
+from .net import subscriber_socket
 from .worker import Worker
 
-__all__ = ["Denoiser", "EngineFailedError", "Stream", "StreamConfig", "socket_hwm"]
+__all__ = ["Stream", "StreamConfig", "socket_hwm"]
 
 log = logging.getLogger("n2a.stream")
 
@@ -64,10 +66,6 @@ def socket_hwm(buffer_mb: float, frame_bytes: int, *, cap: int = 1000) -> int:
     """
     n = buffer_mb * (1 << 20) // (max(0, frame_bytes) + HEADER_ROOM)
     return int(min(cap, max(MIN_HWM, n)))
-
-
-class EngineFailedError(RuntimeError):
-    """The engine failed on every frame for too long: the stream cannot do its job."""
 
 
 class StreamConfig(BaseModel):
@@ -130,128 +128,6 @@ class StreamConfig(BaseModel):
         return self
 
 
-class Denoiser(Worker):
-    """Denoise stage thread: raw -> model units -> engine -> [0, 1] float32.
-
-    The raw -> model scaling is estimated from each series' first frame
-    (:func:`noise2atom.scaling.estimate_scaling`) and kept for the rest of the series, so any
-    detector's dtype, offset and gain works and CSS stays comparable within a series; a new series
-    (new name, shape, dtype or a restart: a new ``SeriesState``) estimates it again.
-    """
-
-    def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
-                 input_done: threading.Event, stop_event: threading.Event,
-                 failed: threading.Event, delay_s: float = 0.0, max_failures: int = 50,
-                 engine_name: str = "engine", model_id: str = "", learner: Learner | None = None) -> None:
-        super().__init__(name="n2a-denoise", stop_event=stop_event, failed=failed)
-        self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
-        self.input_done, self.delay_s = input_done, delay_s
-        self.max_failures, self.engine_name = max_failures, engine_name
-        self.failures = 0  # frames in a row the engine failed on
-        self.rlog = RateLimitedLog(log, interval_s=1.0)
-        self.norm = engine.config.normalisation  # replaced by each series' own scaling
-        self._scaled_series: SeriesState | None = None
-        self.model_id, self.learner = model_id, learner
-        self._learn_key: tuple | None = None
-        self._learn_meta: Any = None
-
-    def _put(self, item: Any, marker: bool = False) -> bool:
-        while True:
-            try:
-                self.outq.put(item, timeout=0.1, marker=marker)
-                return True
-            except TimeoutError:
-                if self.stop_event.is_set():  # hard stop: the publisher is gone
-                    return False
-
-    def _failed(self, item: InFrame, reason: str, error: str) -> None:
-        """Count a frame the engine failed on; stop after ``max_failures`` in a row."""
-        self.stats.rejected.add(reason)
-        self.failures += 1
-        self.rlog.warning(reason, "n2a-stream: the engine failed on frame seq %d of %.300s (%s): "
-                          "%.500s", item.seq, item.series.name, reason, error)
-        if self.failures >= self.max_failures:
-            raise EngineFailedError(f"the {self.engine_name} engine failed on {self.failures} "
-                                    f"frames in a row (expected at most {self.max_failures - 1}); "
-                                    f"last error: {error}")
-
-    def _scale_for(self, item: InFrame) -> None:
-        """Estimate the input scaling from the series' first frame; fixed within the series."""
-        from noise2atom.scaling import estimate_scaling
-
-        if item.series is self._scaled_series:
-            return
-        try:
-            self.norm = estimate_scaling(item.raw)
-            self._scaled_series = item.series
-        except ValueError as e:  # e.g. a blank first frame: try again on the next one
-            self.rlog.warning("scaling", "n2a-stream: cannot scale frame seq %d of %.300s yet "
-                              "(%s); using the model's training scaling for it", item.seq,
-                              item.series.name, e)
-            self.norm = self.engine.config.normalisation
-
-    def process(self, item: InFrame) -> OutFrame | None:
-        t0 = time.perf_counter_ns()
-        queue_ns = time.time_ns() - item.t_enq_ns
-        self._scale_for(item)
-        try:
-            x = self.norm.to_model(item.raw)[None]
-            t1 = time.perf_counter_ns()
-            y = self.engine.infer(x)[0]
-        except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
-            self._failed(item, "engine_error", repr(e))
-            return None
-        if not np.isfinite(y).all():
-            n = int(y.size - np.count_nonzero(np.isfinite(y)))
-            self._failed(item, "non_finite_output", f"{n} NaN/Inf values in the output")
-            return None
-        self.failures = 0
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        t3 = time.perf_counter_ns()
-        den = np.asarray(self.norm.from_model(y), dtype=np.float32)
-        t4 = time.perf_counter_ns()
-        if self.learner is not None:
-            self._offer(item, x[0])
-        return OutFrame(item=item, denoised=den, scaling=self.norm, model_id=self.model_id,
-                        timing={"queue": queue_ns, "normalise": (t1 - t0) + (t4 - t3),
-                                "denoise": t3 - t1})
-
-    def _offer(self, item: InFrame, x: np.ndarray) -> None:
-        """Give the learner the frame as the model saw it (a new series or settings: a new ring)."""
-        meta = item.series.meta
-        if meta is not self._learn_meta or self._learn_key is None or self._learn_key[0] != item.series.name:
-            self._learn_meta = meta
-            self._learn_key = (item.series.name, item.raw.shape, json.dumps(meta, sort_keys=True, default=str))
-        self.learner.offer(self._learn_key, x, meta)
-
-    def _maybe_swap(self) -> None:
-        """Between two frames: take the learner's new engine, if one is ready."""
-        swap = self.learner.take_swap() if self.learner is not None else None
-        if swap is None:
-            return
-        old, self.engine, self.model_id = self.engine, swap.engine, swap.model_id
-        self.stats.counts.add("model_swaps")
-        log.info("n2a-stream: now denoising with model %s (%s)", swap.model_id, swap.reason)
-        old.__exit__(None, None, None)
-
-    def work(self) -> None:
-        while not self.stop_event.is_set():
-            item = self.inq.get(timeout=0.05)
-            if item is None:
-                if self.input_done.is_set():
-                    break  # input stopped and the queue is empty
-                continue
-            if isinstance(item, EndMarker):
-                if not self._put(item, marker=True):
-                    return
-                continue
-            self._maybe_swap()
-            out = self.process(item)
-            if out is not None and not self._put(out):
-                return
-
-
 class Stream:
     """The live path; see the module docstring.
 
@@ -278,7 +154,6 @@ class Stream:
         self.input_done = threading.Event()
         self.denoise_stop = threading.Event()
         self.publish_stop = threading.Event()
-        self.failed = threading.Event()
         self.out_endpoint: str | None = None
         self.engine_info: dict[str, Any] = {}
         self.model_id = ""
@@ -334,78 +209,76 @@ class Stream:
         if self._started:
             raise RuntimeError("Stream.start() called twice (got a stream already started)")
         self._started = True
-        cfg = self.config
         try:
             self._open_engine()
-            if cfg.learn is not None:
+            if self.config.learn is not None:
                 self._make_learner()
-            if cfg.record is not None:
+            if self.config.record is not None:
                 from .recorder import Recorder
-                self.recorder = Recorder(cfg.record)
-            self.context = zmq.Context()
-            keys = in_keys = None
-            if cfg.curve_keys is not None:  # one key set per link: see streamer.security
-                from .security import link_keys, start_authenticator
-                keys, in_keys = link_keys(cfg.curve_keys, "viewer"), link_keys(cfg.curve_keys,
-                                                                              "acquisition")
-                self._auth = start_authenticator(self.context, keys)
-            out = self.context.socket(zmq.XPUB)
-            out.linger = 0
-            # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
-            # Until the first series says its frame size, assume the largest frame allowed.
-            out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
-            out.setsockopt(zmq.XPUB_VERBOSE, 1)
-            if keys is not None:
-                keys.configure_server(out)
-            self._out_sock = out
-            try:
-                out.bind(cfg.out)
-            except zmq.ZMQError as e:
-                raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
-            self.out_endpoint = out.getsockopt_string(zmq.LAST_ENDPOINT)
-            sock = self.context.socket(zmq.SUB if cfg.pattern == "sub" else zmq.PULL)
-            sock.linger = 0
-            sock.rcvhwm = cfg.rcvhwm or socket_hwm(cfg.buffer_mb, cfg.max_frame_bytes)
-            # ZeroMQ refuses a larger part before it is in memory (and closes that connection;
-            # the receiver counts it and connects again). The header part is far smaller.
-            sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if cfg.pattern == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if in_keys is not None:
-                in_keys.configure_client(sock)
-            self._in_sock = sock
-            self._monitor = sock.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+                self.recorder = Recorder(self.config.record)
+            self._open_sockets()
         except BaseException:
             self._close_resources()
             raise
-        # after the engine: keeps `import streamer` light
-        from noise2atom.guard import FidelityGuard, TrainingRange
-        from noise2atom.metrics import RollingCSS
+        stages = self._make_stages()
+        self._connect_input()  # last: a PUB source may start sending as soon as we subscribe
+        self._threads = stages
+        self._t_start = time.monotonic()
+        for t in self._threads:
+            t.start()
+        if self.learner is not None:
+            self.learner.start()
+        return self
 
-        training = TrainingRange.from_config(self.engine.config)
-        model_meta = dict(getattr(self.engine.config, "meta", {}) or {})
+    def _open_sockets(self) -> None:
+        """The context, the CURVE authenticator, the bound output and the (unconnected) input."""
+        cfg = self.config
+        self.context = zmq.Context()
+        keys = in_keys = None
+        if cfg.curve_keys is not None:  # one key set per link: see streamer.security
+            from .security import link_keys, start_authenticator
+            keys = link_keys(cfg.curve_keys, "viewer")
+            in_keys = link_keys(cfg.curve_keys, "acquisition")
+            self._auth = start_authenticator(self.context, keys)
+        self._out_sock = self._bind_output(keys)
+        self.out_endpoint = self._out_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock = subscriber_socket(self.context, pattern=cfg.pattern, curve=in_keys,
+                                 rcvhwm=cfg.rcvhwm or socket_hwm(cfg.buffer_mb,
+                                                                 cfg.max_frame_bytes))
+        # ZeroMQ refuses a larger part before it is in memory (and closes that connection; the
+        # receiver counts it and connects again). The header part is far smaller.
+        sock.maxmsgsize = max(cfg.max_frame_bytes, MAX_HEADER_BYTES) + MAX_HEADER_BYTES
+        self._in_sock = sock
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
-        def make_css(scaling: Any) -> tuple[RollingCSS, RollingCSS]:
-            return (RollingCSS(cfg.css_window, lo=0.0, hi=1.0),
-                    RollingCSS(cfg.css_window, lo=scaling.lo, hi=scaling.hi))
+    def _bind_output(self, keys: Any) -> zmq.Socket:
+        """The output XPUB (a PUB that sees viewers subscribe), bound to ``config.out``."""
+        cfg = self.config
+        out = self.context.socket(zmq.XPUB)
+        out.linger = 0
+        # High-water marks in bytes, not messages: a sleeping viewer must not pin 1000 frames.
+        # Until the first series says its frame size, assume the largest frame allowed.
+        out.sndhwm = cfg.sndhwm or socket_hwm(cfg.buffer_mb, 2 * cfg.max_frame_bytes)
+        out.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if keys is not None:
+            keys.configure_server(out)
+        self._out_sock = out  # closed by _close_resources if the bind fails
+        try:
+            out.bind(cfg.out)
+        except zmq.ZMQError as e:
+            raise OSError(f"n2a-stream cannot bind its output {cfg.out} (got {e})") from e
+        return out
 
-        def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
-            return FidelityGuard(scaling, dtype=dtype, reference=training)
-
-        def hwm_for(message_bytes: int) -> int:
-            return socket_hwm(cfg.buffer_mb, message_bytes)
-
-        inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
-                         is_droppable=lambda i: isinstance(i, InFrame))
-        outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
-                          is_droppable=lambda i: isinstance(i, OutFrame))
-        self.inq, self.outq = inq, outq
-        receiver = Receiver(socket=self._in_sock, queue=inq, stats=self.stats,
-                            stop_event=self.stop_input, failed=self.failed,
-                            max_frame_bytes=cfg.max_frame_bytes, model_meta=model_meta,
+    def _make_stages(self) -> list[Worker]:
+        """The receive, denoise and publish stages and the bounded queues between them."""
+        cfg = self.config
+        self.inq = FrameQueue(maxsize=cfg.max_queue, policy=cfg.policy,
+                              is_droppable=lambda i: isinstance(i, InFrame))
+        self.outq = FrameQueue(maxsize=cfg.max_queue, policy="block",
+                               is_droppable=lambda i: isinstance(i, OutFrame))
+        receiver = Receiver(socket=self._in_sock, queue=self.inq, stats=self.stats,
+                            stop_event=self.stop_input, max_frame_bytes=cfg.max_frame_bytes,
+                            model_meta=dict(getattr(self.engine.config, "meta", {}) or {}),
                             recorder=self.recorder, rcvhwm=self._in_sock.rcvhwm,
                             monitor=self._monitor, source=cfg.source,
                             delay_s=cfg.receive_delay_ms / 1000,
@@ -413,32 +286,48 @@ class Stream:
                             # high-water mark leaves a PUSH peer blocked at the old one for good
                             # (libzmq wakes a writer every hwm/2 reads, counted at the new hwm).
                             hwm_for=None)
-        denoiser = Denoiser(engine=self.engine, inq=inq, outq=outq, stats=self.stats,
+        denoiser = Denoiser(engine=self.engine, inq=self.inq, outq=self.outq, stats=self.stats,
                             input_done=self.input_done, stop_event=self.denoise_stop,
-                            failed=self.failed, delay_s=cfg.denoise_delay_ms / 1000,
+                            delay_s=cfg.denoise_delay_ms / 1000,
                             max_failures=cfg.max_engine_failures, engine_name=self.engine_name,
                             model_id=self.model_id, learner=self.learner)
-        publisher = Publisher(socket=self._out_sock, queue=outq, stats=self.stats,
-                              stop_event=self.publish_stop, failed=self.failed,
-                              make_css=make_css if cfg.css else None, make_guard=make_guard,
-                              engine_name=self.engine_name,
+        make_css, make_guard = self._measures()
+        publisher = Publisher(socket=self._out_sock, queue=self.outq, stats=self.stats,
+                              stop_event=self.publish_stop, make_css=make_css,
+                              make_guard=make_guard, engine_name=self.engine_name,
                               model_id=self.model_id, with_raw=cfg.with_raw,
-                              recorder=self.recorder, hwm_for=None if cfg.sndhwm else hwm_for,
+                              recorder=self.recorder,
+                              hwm_for=None if cfg.sndhwm else self._hwm_for,
                               learner=self.learner)
-        # Connect last: a PUB source may start sending as soon as we subscribe.
+        return [receiver, denoiser, publisher]
+
+    def _hwm_for(self, message_bytes: int) -> int:
+        return socket_hwm(self.config.buffer_mb, message_bytes)
+
+    def _measures(self) -> tuple[Any, Any]:
+        """The publisher's per-series factories: rolling CSS (None when off) and the guard."""
+        # imported after the engine: keeps `import streamer` light
+        from noise2atom.guard import FidelityGuard, TrainingRange
+        from noise2atom.metrics import RollingCSS
+
+        window, training = self.config.css_window, TrainingRange.from_config(self.engine.config)
+
+        def make_css(scaling: Any) -> tuple[RollingCSS, RollingCSS]:
+            return (RollingCSS(window, lo=0.0, hi=1.0),
+                    RollingCSS(window, lo=scaling.lo, hi=scaling.hi))
+
+        def make_guard(scaling: Any, dtype: Any) -> FidelityGuard:
+            return FidelityGuard(scaling, dtype=dtype, reference=training)
+
+        return (make_css if self.config.css else None), make_guard
+
+    def _connect_input(self) -> None:
         try:
-            self._in_sock.connect(cfg.source)
+            self._in_sock.connect(self.config.source)
         except zmq.ZMQError as e:
             self._close_resources()
-            raise ValueError(f"n2a-stream cannot connect to {cfg.source} (expected a ZeroMQ "
-                             f"address like tcp://HOST:PORT; got {e})") from e
-        self._threads = [receiver, denoiser, publisher]
-        self._t_start = time.monotonic()
-        for t in self._threads:
-            t.start()
-        if self.learner is not None:
-            self.learner.start()
-        return self
+            raise ValueError(f"n2a-stream cannot connect to {self.config.source} (expected a "
+                             f"ZeroMQ address like tcp://HOST:PORT; got {e})") from e
 
     def _make_learner(self) -> None:
         """The learner of ``--learn``: same back end and device as the stream's engine."""

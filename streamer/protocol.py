@@ -19,7 +19,7 @@ No pickle anywhere: msgpack for the header, raw bytes for the arrays. This modul
 of truth for the format; ``docs/protocol.md`` describes it for other languages.
 
 Buffers and zero copy: :func:`encode_frame` returns the arrays themselves (no copy) and
-:func:`send_message` hands payloads above :data:`COPY_THRESHOLD` bytes to ZeroMQ with ``copy=False``.
+:func:`streamer.net.send_message` hands payloads above :data:`COPY_THRESHOLD` bytes to ZeroMQ with ``copy=False``.
 ZeroMQ then keeps a reference to the array until the bytes are on the wire, so the rule is simply
 *never write into an array after sending it*: every n2a sender sends a fresh array per frame (the
 engine's output, a newly received raw frame, a newly simulated frame) and never mutates it afterwards.
@@ -67,9 +67,7 @@ __all__ = [
     "encode_frame",
     "encode_start",
     "check_meta",
-    "drain_subscriptions",
     "flat_meta",
-    "send_message",
 ]
 
 PROTOCOL_VERSION = 1
@@ -369,7 +367,7 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
     -------
     list
         ``[header bytes, array, ...]``: the arrays are passed through without a copy; see
-        :func:`send_message` for sending them.
+        :func:`streamer.net.send_message` for sending them.
     """
     arrays = [frame] if isinstance(frame, np.ndarray) else list(frame)
     if not arrays:
@@ -404,45 +402,6 @@ def encode_frame(frame: np.ndarray | Sequence[np.ndarray], *, seq: int, series: 
     return [_pack(header), *wire]
 
 
-def send_message(socket: Any, parts: Sequence[Any], *, copy_threshold: int = COPY_THRESHOLD,
-                 track: bool = False, flags: int = 0) -> Any:
-    """Send encoded parts on a ZeroMQ socket, zero-copy for payloads above ``copy_threshold``.
-
-    Parameters
-    ----------
-    socket
-        A ``zmq.Socket``.
-    parts
-        What an ``encode_*`` function returned.
-    copy_threshold
-        Payloads of at least this many bytes are sent with ``copy=False``.
-    track
-        Return a :class:`zmq.MessageTracker` for the zero-copy parts (wait on it before reusing a
-        buffer). Without it, never write into a sent array again (n2a always sends fresh arrays).
-    flags
-        Extra send flags (e.g. ``zmq.NOBLOCK``).
-
-    Returns
-    -------
-    zmq.MessageTracker or None
-        The tracker of the last zero-copy part when ``track`` is set, else ``None``.
-    """
-    import zmq  # local: decoding needs no ZeroMQ
-
-    tracker = None
-    last = len(parts) - 1
-    for i, p in enumerate(parts):
-        f = flags | (zmq.SNDMORE if i < last else 0)
-        nbytes = p.nbytes if isinstance(p, np.ndarray) else len(p)
-        if nbytes >= copy_threshold:
-            t = socket.send(p, f, copy=False, track=track)
-            if track:
-                tracker = t
-        else:
-            socket.send(p, f, copy=True)
-    return tracker
-
-
 # --------------------------------------------------------------------------- decoding
 
 
@@ -471,6 +430,17 @@ def _require(header: dict[str, Any], key: str, types: tuple[type, ...], what: st
 
 def decode_header(raw: Any) -> dict[str, Any]:
     """Unpack and validate the header part of a message (no payload checks)."""
+    header = _unpack_header(raw)
+    _check_envelope(header)
+    if header["type"] == "frame":
+        _check_frame_fields(header)
+        _check_part_names(header)
+        _check_output_fields(header)
+    return header
+
+
+def _unpack_header(raw: Any) -> dict[str, Any]:
+    """The header part as a map with str keys (size checked before unpacking)."""
     view = _buffer(raw)
     if len(view) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header must be at most {MAX_HEADER_BYTES} bytes (got {len(view)})",
@@ -486,6 +456,11 @@ def decode_header(raw: Any) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in header):
         raise ProtocolError(f"header keys must be str (got {list(header)[:8]!r})",
                             reason="malformed")
+    return header
+
+
+def _check_envelope(header: dict[str, Any]) -> None:
+    """What every message has: ``v``, ``type``, ``series`` and an optional ``meta``."""
     v = header.get("v")
     if not _is_int(v) or v != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version must be {PROTOCOL_VERSION} (got {v!r})",
@@ -497,8 +472,10 @@ def decode_header(raw: Any) -> dict[str, Any]:
     _check_series(_require(header, "series", (str,), "a str"), "field")
     if header.get("meta") is not None:
         check_meta(header["meta"])
-    if kind != "frame":
-        return header
+
+
+def _check_frame_fields(header: dict[str, Any]) -> None:
+    """A frame's ``seq``, ``t_acq_ns``, ``shape`` and ``dtype``."""
     _check_int(_require(header, "seq", (int,), "an int >= 0"), "header field 'seq'", "field")
     _check_int(_require(header, "t_acq_ns", (int,), "an int (ns)"), "header field 't_acq_ns'",
                "field")
@@ -510,6 +487,10 @@ def decode_header(raw: Any) -> dict[str, Any]:
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype must be one of {ALLOWED_DTYPES} (got {dtype!r})",
                             reason="dtype")
+
+
+def _check_part_names(header: dict[str, Any]) -> None:
+    """A frame's optional ``parts`` names and ``dtypes`` (one per part, the first = ``dtype``)."""
     if "parts" in header:
         parts = header["parts"]
         if (not isinstance(parts, list) or not parts
@@ -519,13 +500,17 @@ def decode_header(raw: Any) -> dict[str, Any]:
                                 f"(got {parts!r})", reason="parts")
     n_parts = len(header.get("parts") or [DEFAULT_INPUT_PART])
     if "dtypes" in header:
-        dtypes = header["dtypes"]
+        dtype, dtypes = header["dtype"], header["dtypes"]
         if not isinstance(dtypes, list) or len(dtypes) != n_parts:
             raise ProtocolError(f"header field 'dtypes' must list one dtype per part "
                                 f"({n_parts}) (got {dtypes!r})", reason="dtype")
         if dtypes[0] != dtype or not all(d in ALLOWED_DTYPES for d in dtypes):
             raise ProtocolError(f"'dtypes' must start with dtype {dtype!r} and use "
                                 f"{ALLOWED_DTYPES} (got {dtypes!r})", reason="dtype")
+
+
+def _check_output_fields(header: dict[str, Any]) -> None:
+    """The types of the :data:`OUTPUT_FIELDS` present (finite CSS values)."""
     for key, types in OUTPUT_FIELDS.items():
         if key in header:
             value = header[key]
@@ -537,7 +522,6 @@ def decode_header(raw: Any) -> dict[str, Any]:
                 names = "/".join(t.__name__ for t in types)
                 raise ProtocolError(f"output field {key!r} must be {names} (got {value!r})",
                                     reason="field")
-    return header
 
 
 def decode(parts: Sequence[Any]) -> Message:
@@ -588,23 +572,3 @@ def decode(parts: Sequence[Any]) -> Message:
         arr = np.frombuffer(view, dtype=dt).reshape(h, w)
         arrays[name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
     return Message(type=kind, series=series, seq=header["seq"], arrays=arrays, header=header)
-
-
-def drain_subscriptions(socket: Any) -> int:
-    """Read the pending (un)subscription messages of an XPUB socket without blocking.
-
-    Returns the net change in subscribers: +1 per subscribe (first byte 1), -1 per unsubscribe
-    (first byte 0). Our PUB sockets are XPUBs so sources and the stream know when a viewer joined.
-    """
-    import zmq  # local: decoding needs no ZeroMQ
-
-    change = 0
-    while True:
-        try:
-            msg = socket.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return change
-        if msg[:1] == b"\x01":
-            change += 1
-        elif msg[:1] == b"\x00":
-            change -= 1

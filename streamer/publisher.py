@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .protocol import drain_subscriptions, encode_end, encode_frame, encode_start, send_message
+from .net import drain_subscriptions, send_message
+from .protocol import encode_end, encode_frame, encode_start
 from .queues import FrameQueue
 from .stats import Counters, RateLimitedLog, StreamStats
-from .subscriber import EndMarker, InFrame, SeriesState
+from .receive import EndMarker, InFrame, SeriesState
 from .worker import Worker
 
 __all__ = ["CSS_MIN_SIDE", "END_FIELDS", "OutFrame", "Publisher"]
@@ -61,8 +62,6 @@ class Publisher(Worker):
         Shared counters.
     stop_event
         Set when nothing more will arrive on ``queue`` (after the denoiser finished).
-    failed
-        Set when this thread fails.
     make_css
         ``(scaling) -> (css_denoised, css_raw)`` pair of fresh ``noise2atom.metrics.RollingCSS`` objects for a
         new series (the raw one maps with the series' scaling); ``None``: no CSS (the css fields are nil).
@@ -81,10 +80,10 @@ class Publisher(Worker):
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
-                 stop_event: threading.Event, failed: threading.Event, make_css: Any,
+                 stop_event: threading.Event, make_css: Any,
                  engine_name: str, model_id: str, with_raw: bool, recorder: Any = None,
                  make_guard: Any = None, hwm_for: Any = None, learner: Any = None) -> None:
-        super().__init__(name="n2a-publish", stop_event=stop_event, failed=failed)
+        super().__init__(name="n2a-publish", stop_event=stop_event)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.make_css, self.engine_name, self.model_id = make_css, engine_name, model_id
         self.make_guard, self._guard, self._scaling = make_guard, None, None
@@ -135,51 +134,78 @@ class Publisher(Worker):
         elif out.scaling is not self._scaling:  # the denoiser could scale this series only now
             self._measure_with(item.series, out.scaling)
         t0 = time.perf_counter_ns()
-        css = css_mean = craw = craw_mean = None
+        css = self._update_css(out)
+        t1 = time.perf_counter_ns()
+        flags = self._check(out)
+        t_guard = time.perf_counter_ns()
+        timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0, guard=t_guard - t1)
+        fields = self._output_fields(out, css, flags)
+        now = time.time_ns()
+        timing["receive_to_publish"] = now - item.t_recv_ns
+        timing["acq_to_publish"] = now - item.t_acq_ns
+        parts, record = self._encode(out, dict(timing=timing, **fields))
+        t2 = time.perf_counter_ns()
+        self._send(parts)
+        t3 = time.perf_counter_ns()
+        if record is not None:
+            self.recorder.write("denoised", record)
+        timing["send"] = t3 - t2
+        self._count(item, css, flags, timing)
+
+    def _update_css(self, out: OutFrame) -> dict[str, float | None]:
+        """This frame's CSS and rolling means (nil without CSS or after a missing frame)."""
+        item = out.item
+        css = dict(css=None, css_mean=None, css_raw=None, css_raw_mean=None)
         if self._css is not None and min(item.raw.shape) >= CSS_MIN_SIDE:
             css_den, css_raw = self._css
             if self._last_seq is not None and item.seq != self._last_seq + 1:
                 css_den.reset()  # a frame is missing: never compare frames that are not consecutive
                 css_raw.reset()
-            css, css_mean = css_den.update(out.denoised)
-            craw, craw_mean = css_raw.update(item.raw)
+            css["css"], css["css_mean"] = css_den.update(out.denoised)
+            css["css_raw"], css["css_raw_mean"] = css_raw.update(item.raw)
         self._last_seq = item.seq
-        t1 = time.perf_counter_ns()
-        flags: list[str] = []
-        if self._guard is not None:  # reuses the CSS's window moments when there are any
-            flags = self._guard.check(
-                item.raw, out.denoised,
-                raw_moments=self._css[1].last if self._css is not None else None,
-                out_moments=self._css[0].last if self._css is not None else None)
-            for f in flags:
-                self.flag_counts.add(f)
-        t_guard = time.perf_counter_ns()
-        timing = dict(out.timing, receive=item.receive_ns, css=t1 - t0, guard=t_guard - t1)
+        return css
+
+    def _check(self, out: OutFrame) -> list[str]:
+        """The fidelity guard's flags; it reuses the CSS's window moments when there are any."""
+        if self._guard is None:
+            return []
+        flags = self._guard.check(
+            out.item.raw, out.denoised,
+            raw_moments=self._css[1].last if self._css is not None else None,
+            out_moments=self._css[0].last if self._css is not None else None)
+        for f in flags:
+            self.flag_counts.add(f)
+        return flags
+
+    def _output_fields(self, out: OutFrame, css: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+        """The output header's fields (besides the frame's own and ``timing``)."""
         counts = self.stats.counts
-        fields = dict(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
-                      engine=self.engine_name, model=out.model_id or self.model_id,
+        fields = dict(css, engine=self.engine_name, model=out.model_id or self.model_id,
                       dropped=counts.get("dropped") + counts.get("dropped_input"),
-                      gaps=counts.get("gaps"),
-                      rejected=self.stats.rejected.total(),
-                      meta_mismatch=list(item.series.mismatch), flags=flags)
+                      gaps=counts.get("gaps"), rejected=self.stats.rejected.total(),
+                      meta_mismatch=list(out.item.series.mismatch), flags=flags)
         if self.learner is not None:
             self.learner.observe(fields["model"], flags)
             fields["learn"] = self.learner.status()
-        now = time.time_ns()
-        timing["receive_to_publish"] = now - item.t_recv_ns
-        timing["acq_to_publish"] = now - item.t_acq_ns
-        arrays = [out.denoised, item.raw] if self.with_raw else [out.denoised]
-        names = ["denoised", "raw"] if self.with_raw else ["denoised"]
-        parts = encode_frame(arrays, parts=names, seq=item.seq, series=item.series.name,
-                             t_acq_ns=item.t_acq_ns, meta=item.series.meta or None,
-                             timing=timing, **fields)
-        t2 = time.perf_counter_ns()
-        self._send(parts)
-        t3 = time.perf_counter_ns()
-        if self.recorder is not None:
-            self.recorder.write("denoised", encode_frame(
-                out.denoised, parts=["denoised"], seq=item.seq, series=item.series.name,
-                t_acq_ns=item.t_acq_ns, meta=item.series.meta or None, timing=timing, **fields))
+        return fields
+
+    def _encode(self, out: OutFrame, fields: dict[str, Any]) -> tuple[list[Any], list[Any] | None]:
+        """The message to send and the one to record (``None`` when not recording)."""
+        item = out.item
+        header = dict(seq=item.seq, series=item.series.name, t_acq_ns=item.t_acq_ns,
+                      meta=item.series.meta or None, **fields)
+        if not self.with_raw:  # the record is the message sent: encoded once
+            parts = encode_frame(out.denoised, parts=["denoised"], **header)
+            return parts, parts if self.recorder is not None else None
+        # The record leaves the raw part out (the receive stage records every raw frame).
+        parts = encode_frame([out.denoised, item.raw], parts=["denoised", "raw"], **header)
+        record = (encode_frame(out.denoised, parts=["denoised"], **header)
+                  if self.recorder is not None else None)
+        return parts, record
+
+    def _count(self, item: InFrame, css: dict[str, Any], flags: list[str],
+               timing: dict[str, int]) -> None:
         st = self.stats
         st.counts.add("published")
         st.rate_out.tick()
@@ -187,12 +213,10 @@ class Publisher(Worker):
         for k, v in timing.items():
             if k in st.stages:
                 st.stages[k].add(v)
-        st.stages["send"].add(t3 - t2)
-        st.add_css("css", css)
-        st.add_css("css_raw", craw)
-        st.set_last(css=css, css_raw=craw, css_mean=css_mean, css_raw_mean=craw_mean,
-                    series=item.series.name, seq=item.seq, meta_mismatch=list(item.series.mismatch),
-                    flags=flags)
+        st.add_css("css", css["css"])
+        st.add_css("css_raw", css["css_raw"])
+        st.set_last(**css, series=item.series.name, seq=item.seq,
+                    meta_mismatch=list(item.series.mismatch), flags=flags)
 
     def work(self) -> None:
         while True:

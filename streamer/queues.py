@@ -43,7 +43,6 @@ class FrameQueue(Generic[T]):
         self._droppable = is_droppable
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
-        self.high_water = 0
 
     def __len__(self) -> int:
         with self._cond:
@@ -76,7 +75,6 @@ class FrameQueue(Generic[T]):
                             raise TimeoutError("queue full")
                         self._cond.wait(left)
             self._items.append(item)
-            self.high_water = max(self.high_water, len(self._items))
             self._cond.notify_all()
             return dropped
 

@@ -1,4 +1,4 @@
-"""``n2a-replay``: a detector / scan-system stand-in that publishes frames over protocol v1.
+"""The replay source behind ``n2a-replay`` (:mod:`streamer.replay_cli`): a detector / scan-system stand-in that publishes frames over protocol v1.
 
 Frames come from a recorded file (the same readers as ``n2a-train``) or from the STEM series
 simulator. The socket binds 127.0.0.1 by default; ``--port 0`` picks a free port, and the first line
@@ -21,11 +21,7 @@ Replay a file three times as fast as possible into a PULL receiver::
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,10 +30,11 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import (drain_subscriptions, encode_end, encode_frame, encode_start, flat_meta,
-                       send_message)
+from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .protocol import encode_end, encode_frame, encode_start, flat_meta
+from .worker import Worker
 
-__all__ = ["Replay", "main", "simulated_source"]
+__all__ = ["Replay", "simulated_source"]
 
 log = logging.getLogger("n2a.replay")
 
@@ -127,8 +124,7 @@ class Replay:
         self.sent = 0
         self.subscriptions = 0
         self.stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self._thread: Worker | None = None
 
     @property
     def port(self) -> int:
@@ -141,22 +137,9 @@ class Replay:
         """Create and bind the socket; return the real endpoint."""
         if self.socket is not None:
             return self.endpoint
-        sock = self.context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
-        sock.linger = 0
-        sock.sndhwm = 1000
-        if self.pattern == "pub":
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        if self.curve_keys is not None:
-            from .security import start_authenticator
-            self._auth = start_authenticator(self.context, self.curve_keys)
-            self.curve_keys.configure_server(sock)
-        try:
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise OSError(f"n2a-replay cannot bind {self.address} (got {e})") from e
-        self.socket = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self._auth, self.endpoint = bind_source(
+            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
+            who="n2a-replay")
         return self.endpoint
 
     def _drain_subscriptions(self) -> None:
@@ -165,14 +148,7 @@ class Replay:
 
     def _send(self, parts: list[Any]) -> bool:
         """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        while not self.stop_event.is_set():
-            if self.pattern == "pub" or self.socket.poll(100, zmq.POLLOUT):
-                try:
-                    send_message(self.socket, parts, flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    continue
-        return False
+        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _wait_for_subscribers(self) -> None:
         if self.pattern != "pub" or self.wait_subscribers <= 0:
@@ -212,43 +188,30 @@ class Replay:
             seq += 1
             self.sent = seq
             self._drain_subscriptions()
-        # The end marker goes out even after a stop: it is a single small message. It is sent
-        # zero-copy and tracked: once ZeroMQ has released it, every frame before it has left our
-        # queue too, so a close with linger 0 right after run() loses neither.
-        if self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT):
-            try:
-                tracker = send_message(self.socket, encode_end(self.series, count=self.sent),
-                                       flags=zmq.NOBLOCK, copy_threshold=0, track=True)
-            except zmq.Again:
-                tracker = None
-            if tracker is not None:
-                try:
-                    # 1 s was not enough on a loaded machine: the end was lost, and
-                    # `n2a-stream --exit-on-end` (the demo) never ended.
-                    tracker.wait(10.0)
-                except zmq.NotDone:
-                    log.warning("n2a-replay: the end message was not sent within 10 s")
+        # The end marker goes out even after a stop: it is a single small message. 1 s was not
+        # enough on a loaded machine: the end was lost, and `n2a-stream --exit-on-end` (the demo)
+        # never ended.
+        send_end(self.socket, encode_end(self.series, count=self.sent), pattern=self.pattern,
+                 timeout_s=10.0, who="n2a-replay")
         return self.sent
 
     # -- thread use (tests, benchmarks) -------------------------------------------------------
     def start(self) -> Replay:
         """Bind now and send from a background thread."""
         self.bind()
-
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as e:  # reported to the owner through maybe_raise()
-                self.error = e
-
-        self._thread = threading.Thread(target=target, name="n2a-replay", daemon=True)
+        self._thread = Worker(name="n2a-replay", stop_event=self.stop_event, work=self.run)
         self._thread.start()
         return self
 
+    @property
+    def error(self) -> BaseException | None:
+        """The background thread's error, if it failed."""
+        return self._thread.error if self._thread is not None else None
+
     def maybe_raise(self) -> None:
         """Re-raise an error of the background thread in the caller."""
-        if self.error is not None:
-            raise RuntimeError(f"n2a-replay failed: {self.error}") from self.error
+        if self._thread is not None:
+            self._thread.maybe_raise()
 
     @property
     def done(self) -> bool:
@@ -286,107 +249,3 @@ class Replay:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="n2a-replay",
-        description="Publish STEM frames over n2a's protocol v1 from a file or the simulator.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--file", help="frame file (TIFF/DM4/EMD/HDF5/npy), as n2a-train reads")
-    src.add_argument("--simulate", action="store_true", help="simulate a STEM series")
-    p.add_argument("--dataset", help="dataset inside an HDF5/EMD file")
-    p.add_argument("--size", type=int, default=256, help="simulated frame side (default 256)")
-    p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="simulated H W")
-    p.add_argument("--scene", choices=["nanoparticle", "crystal", "mixed"], default="nanoparticle")
-    p.add_argument("--peak-counts", "--dose", dest="peak_counts", type=float, default=1.0,
-                   help="simulated dose: mean counts at a full atom's peak (default 1.0, low dose)")
-    p.add_argument("--drift", type=float, default=0.05, help="simulated drift, px/frame (0.05)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precompute", type=int, default=0,
-                   help="simulate this many frames up front and cycle them (benchmarks)")
-    p.add_argument("--fps", type=float, default=10.0, help="frames per second, 0 = no pacing")
-    p.add_argument("--count", type=int, help="frames to send (default: the file once; "
-                                             "simulation: until stopped)")
-    p.add_argument("--loop", action="store_true", help="repeat the file")
-    p.add_argument("--series", help="series name (default: replay-<time>)")
-    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
-    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
-    p.add_argument("--wait-subscribers", type=int, default=0,
-                   help="PUB: wait for this many subscribers before the first frame")
-    p.add_argument("--wait-timeout", type=float, default=30.0)
-    p.add_argument("--curve-keys", help="CURVE server socket with the acquisition keys: DIR/acquisition "
-                   "(made by n2a-stream --make-keys DIR) or that folder itself")
-    p.add_argument("--log-level", default="WARNING")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``n2a-replay``."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.port < 0 or args.port > 65535:
-        _parser().error(f"--port must be 0..65535 (got {args.port})")
-    if args.fps < 0:
-        _parser().error(f"--fps must be >= 0 (got {args.fps})")
-    if args.count is not None and args.count < 0:
-        _parser().error(f"--count must be >= 0 (got {args.count})")
-    if args.simulate:
-        shape = tuple(args.shape) if args.shape else (args.size, args.size)
-        try:
-            frames, meta = simulated_source(shape=shape, scene=args.scene,
-                                            peak_counts=args.peak_counts,
-                                            drift_px_per_frame=args.drift, seed=args.seed,
-                                            precompute=args.precompute)
-        except ValueError as e:
-            _parser().error(str(e))
-    else:
-        from noise2atom.io import read_frames
-
-        try:
-            stack = read_frames(args.file, dataset=args.dataset)
-        except Exception as e:
-            print(f"n2a-replay: cannot read {args.file}: {e}", file=sys.stderr)
-            return 2
-        frames, meta = stack.frames, dict(stack.meta)
-    keys = None
-    if args.curve_keys:
-        from .security import link_keys
-
-        try:
-            keys = link_keys(args.curve_keys, "acquisition")
-        except (FileNotFoundError, RuntimeError) as e:
-            _parser().error(str(e))
-    replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,
-                    series=args.series, pattern=args.pattern, host=args.host, port=args.port,
-                    address=args.address, wait_subscribers=args.wait_subscribers,
-                    wait_timeout_s=args.wait_timeout, curve_keys=keys)
-    try:
-        endpoint = replay.bind()
-    except OSError as e:
-        print(f"n2a-replay: {e}", file=sys.stderr)
-        replay.close()
-        return 2
-    print(json.dumps({"endpoint": endpoint, "port": replay.port, "pattern": args.pattern,
-                      "series": replay.series}), flush=True)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        replay.stop_event.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        sent = replay.run()
-    finally:
-        replay.close()
-    print(json.dumps({"sent": sent, "series": replay.series}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

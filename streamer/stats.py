@@ -1,4 +1,5 @@
-"""Counters, rates and latency percentiles for the live path; all thread-safe and bounded."""
+"""Counters, rates and latency percentiles for the live path and the viewer; all thread-safe and
+bounded. Light (numpy only), so the viewer imports it."""
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,9 @@ class Counters:
 
 
 class LatencyWindow:
-    """The last ``maxlen`` samples (ns) of a duration, with percentiles in ms.
+    """Recent samples (ns) of a duration, with percentiles in ms: the last ``maxlen`` samples, and
+    with ``window_s`` only those of the last ``window_s`` seconds (by the ``t`` given to
+    :meth:`add`, monotonic seconds). :meth:`mean_ms` is over every sample ever added.
 
     Examples
     --------
@@ -52,26 +55,40 @@ class LatencyWindow:
     >>> for v in range(1, 101): w.add(v * 1_000_000)
     >>> round(w.percentile_ms(50), 1), w.count
     (50.5, 100)
+    >>> w = LatencyWindow(window_s=10.0)
+    >>> w.add(1_000_000, t=0.0); w.add(3_000_000, t=20.0)
+    >>> w.percentile_ms(50, now=25.0), w.percentile_ms(50, now=40.0), w.mean_ms()
+    (3.0, None, 2.0)
     """
 
-    def __init__(self, maxlen: int = 2000) -> None:
+    def __init__(self, maxlen: int = 2000, *, window_s: float | None = None) -> None:
+        if window_s is not None and not window_s > 0:
+            raise ValueError(f"window_s must be > 0 (got {window_s!r})")
+        self.window_s = window_s
         self._lock = threading.Lock()
-        self._values: deque[int] = deque(maxlen=maxlen)
+        self._values: deque[tuple[float, int]] = deque(maxlen=maxlen)
         self.count = 0
         self._sum = 0
 
-    def add(self, ns: int) -> None:
+    def add(self, ns: int, *, t: float | None = None) -> None:
+        """Record one sample measured at monotonic time ``t`` (default: now)."""
+        t = time.monotonic() if t is None else t
         with self._lock:
-            self._values.append(int(ns))
+            self._values.append((t, int(ns)))
             self.count += 1
             self._sum += int(ns)
 
-    def percentile_ms(self, q: float) -> float | None:
+    def percentile_ms(self, q: float, *, now: float | None = None) -> float | None:
         """The ``q``-th percentile of the recent samples in ms (``None`` without samples)."""
         with self._lock:
+            if self.window_s is not None:
+                now = time.monotonic() if now is None else now
+                while self._values and self._values[0][0] < now - self.window_s:
+                    self._values.popleft()
             if not self._values:
                 return None
-            values = np.fromiter(self._values, dtype=np.int64, count=len(self._values))
+            values = np.fromiter((v for _, v in self._values), dtype=np.int64,
+                                 count=len(self._values))
         return float(np.percentile(values, q)) / 1e6
 
     def mean_ms(self) -> float | None:
@@ -81,14 +98,27 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over the last ``window_s`` seconds."""
+    """Events per second over the last ``window_s`` seconds: the events in the window divided by
+    the span they cover (0 with fewer than two).
+
+    Examples
+    --------
+    >>> meter = RateMeter(window_s=1.0)
+    >>> for t in (0.0, 0.1, 0.2, 0.3, 0.4):
+    ...     meter.tick(t)
+    >>> meter.rate(now=0.5), meter.rate(now=2.0)
+    (10.0, 0.0)
+    """
 
     def __init__(self, window_s: float = 2.0, maxlen: int = 100_000) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0 (got {window_s!r})")
         self.window_s = window_s
         self._lock = threading.Lock()
         self._times: deque[float] = deque(maxlen=maxlen)
 
     def tick(self, now: float | None = None) -> None:
+        """Record one event at monotonic time ``now`` (seconds; default: now)."""
         with self._lock:
             self._times.append(time.monotonic() if now is None else now)
 
@@ -97,7 +127,9 @@ class RateMeter:
         with self._lock:
             while self._times and self._times[0] < now - self.window_s:
                 self._times.popleft()
-            return len(self._times) / self.window_s
+            n = len(self._times)
+            span = self._times[-1] - self._times[0] if n >= 2 else 0.0
+        return (n - 1) / span if span > 0 else 0.0
 
 
 class RateLimitedLog:

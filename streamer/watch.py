@@ -1,4 +1,5 @@
-"""``n2a-watch``: a folder watcher that publishes the frames an acquisition program saves, over protocol v1.
+"""``n2a-watch``: a folder watcher that publishes the frames an acquisition program saves, over
+protocol v1 (its command line: :mod:`streamer.watch_cli`).
 
 Gatan DigitalMicrograph, Thermo Fisher Velox / TIA and many scripts save each frame (or each short
 stack) as a file. ``n2a-watch DIR`` polls the folder and publishes every complete file's frames to
@@ -47,14 +48,10 @@ Watch the folder DigitalMicrograph saves into; ``n2a-stream`` subscribes to port
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import os
-import signal
 import struct
-import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -66,10 +63,11 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .protocol import (ALLOWED_DTYPES, drain_subscriptions, encode_end, encode_frame,
-                       encode_start, send_message)
+from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .protocol import ALLOWED_DTYPES, encode_end, encode_frame, encode_start
+from .worker import Worker
 
-__all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "main", "tiff_complete", "wire_frame"]
+__all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "tiff_complete", "wire_frame"]
 
 log = logging.getLogger("n2a.watch")
 
@@ -268,8 +266,7 @@ class FolderWatcher:
         self.rejected: Counter[str] = Counter()
         self.rejections: list[str] = []  # the last few rejection messages (bounded)
         self.stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self._thread: Worker | None = None
 
     # -- socket ---------------------------------------------------------------------------------
     @property
@@ -283,34 +280,14 @@ class FolderWatcher:
         """Create and bind the socket; return the real endpoint."""
         if self.socket is not None:
             return self.endpoint
-        sock = self.context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
-        sock.linger = 0
-        sock.sndhwm = 1000
-        if self.pattern == "pub":
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        if self.curve_keys is not None:
-            from .security import start_authenticator
-            self._auth = start_authenticator(self.context, self.curve_keys)
-            self.curve_keys.configure_server(sock)
-        try:
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise OSError(f"n2a-watch cannot bind {self.address} (got {e})") from e
-        self.socket = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self._auth, self.endpoint = bind_source(
+            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
+            who="n2a-watch")
         return self.endpoint
 
     def _send(self, parts: list[Any]) -> bool:
         """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        while not self.stop_event.is_set():
-            if self.pattern == "pub" or self.socket.poll(100, zmq.POLLOUT):
-                try:
-                    send_message(self.socket, parts, flags=zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    continue
-        return False
+        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _listening(self) -> bool:
         if self.pattern == "pub":
@@ -473,13 +450,9 @@ class FolderWatcher:
         while not self.stop_event.is_set():
             self.poll()
             self.stop_event.wait(self.poll_interval_s)
-        if self._started and (self.pattern == "pub" or self.socket.poll(500, zmq.POLLOUT)):
-            try:
-                tracker = send_message(self.socket, encode_end(self.series, count=self.seq),
-                                       flags=zmq.NOBLOCK, copy_threshold=0, track=True)
-                tracker.wait(1.0)  # every frame before the end marker has left our queue too
-            except (zmq.Again, zmq.NotDone):
-                log.warning("n2a-watch: the end message was not sent within 1 s")
+        if self._started:
+            send_end(self.socket, encode_end(self.series, count=self.seq), pattern=self.pattern,
+                     timeout_s=1.0, who="n2a-watch")
         return self.seq
 
     def summary(self) -> dict[str, Any]:
@@ -502,24 +475,23 @@ class FolderWatcher:
     def start(self) -> FolderWatcher:
         """Bind now and watch from a background thread."""
         self.bind()
-
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as e:  # reported to the owner through maybe_raise()
-                self.error = e
-
-        self._thread = threading.Thread(target=target, name="n2a-watch", daemon=True)
+        self._thread = Worker(name="n2a-watch", stop_event=self.stop_event, work=self.run)
         self._thread.start()
         return self
 
+    @property
+    def error(self) -> BaseException | None:
+        """The background thread's error, if it failed."""
+        return self._thread.error if self._thread is not None else None
+
     def maybe_raise(self) -> None:
         """Re-raise an error of the background thread in the caller."""
-        if self.error is not None:
-            raise RuntimeError(f"n2a-watch failed: {self.error}") from self.error
+        if self._thread is not None:
+            self._thread.maybe_raise()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop watching, close the socket (linger 0) and the private context."""
+    def close(self, timeout: float = 5.0, *, raise_error: bool = True) -> None:
+        """Stop watching, close the socket (linger 0) and the private context; then re-raise the
+        thread's error (unless ``raise_error`` is false: the owner reported it already)."""
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -533,99 +505,11 @@ class FolderWatcher:
             self._auth = None
         if self._own_context:
             self.context.term()
-        self.maybe_raise()
+        if raise_error:
+            self.maybe_raise()
 
     def __enter__(self) -> FolderWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="n2a-watch",
-        description="Publish the frames an acquisition program saves into a folder "
-                    "(DM3/DM4/EMD/SER/TIFF/HDF5) over n2a's protocol v1, each complete file once.")
-    p.add_argument("folder", help="the folder the acquisition program saves into")
-    p.add_argument("--existing", choices=["send", "skip"], default="send",
-                   help="files already in the folder: send them (oldest first; default) or skip")
-    p.add_argument("--poll", type=float, default=0.25, help="seconds between polls (0.25)")
-    p.add_argument("--stable-polls", type=int, default=2,
-                   help="polls a file must stay unchanged before it is read (2)")
-    p.add_argument("--reject-after", type=float, default=5.0,
-                   help="seconds a stable file may fail to read before it is rejected (5)")
-    p.add_argument("--series", help="series name (default: watch-<time>)")
-    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
-    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
-    p.add_argument("--wait-subscribers", type=int, default=1,
-                   help="PUB: read nothing while fewer subscribers are connected (default 1)")
-    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
-    p.add_argument("--status-interval", type=float, default=1.0,
-                   help="seconds between status lines on stderr (0: none)")
-    p.add_argument("--log-level", default="WARNING")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``n2a-watch``."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.port < 0 or args.port > 65535:
-        parser.error(f"--port must be 0..65535 (got {args.port})")
-    keys = None
-    if args.curve_keys:
-        from .security import CurveKeys
-
-        try:
-            keys = CurveKeys.load(args.curve_keys)
-        except (FileNotFoundError, RuntimeError) as e:
-            parser.error(str(e))
-    try:
-        watcher = FolderWatcher(args.folder, existing=args.existing, poll_interval_s=args.poll,
-                                stable_polls=args.stable_polls, reject_after_s=args.reject_after,
-                                series=args.series, pattern=args.pattern, host=args.host,
-                                port=args.port, address=args.address,
-                                wait_subscribers=args.wait_subscribers, curve_keys=keys)
-    except (NotADirectoryError, ValueError) as e:
-        parser.error(str(e))
-    try:
-        endpoint = watcher.bind()
-    except OSError as e:
-        print(f"n2a-watch: {e}", file=sys.stderr)
-        watcher.close()
-        return 2
-    print(json.dumps({"endpoint": endpoint, "port": watcher.port, "pattern": args.pattern,
-                      "series": watcher.series, "folder": str(watcher.folder)}), flush=True)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        watcher.stop_event.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    watcher.start()
-    status = 0
-    try:
-        while not watcher.stop_event.wait(args.status_interval or 1.0):
-            watcher.maybe_raise()
-            if args.status_interval:
-                print(watcher.status_line(), file=sys.stderr, flush=True)
-        watcher.close()
-    except (RuntimeError, TimeoutError) as e:
-        print(f"n2a-watch: {e}", file=sys.stderr, flush=True)
-        watcher.error = None  # reported; close without raising it again
-        watcher.close()
-        status = 1
-    print(watcher.status_line(), file=sys.stderr, flush=True)
-    print(json.dumps(watcher.summary()), flush=True)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

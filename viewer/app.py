@@ -66,12 +66,13 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from viewer.receiver import CurveClientKeys, FrameReceiver
+    from streamer.security import CurveKeys
+    from viewer.receiver import FrameReceiver
 
     try:
         address = source_address(args)
         width, height = _parse_size(args.size)
-        curve = None if args.curve_keys is None else CurveClientKeys.load(args.curve_keys)
+        curve = None if args.curve_keys is None else CurveKeys.load_client(args.curve_keys)
     except ValueError as e:  # CurveKeyError is a ValueError
         print(f"n2a-view: {e}", file=sys.stderr)
         return 2

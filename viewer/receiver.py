@@ -13,118 +13,27 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-import stat
+import math
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
-import zmq.auth
-from zmq.utils import z85
 
 from streamer import protocol
+from streamer.net import subscriber_socket
+from streamer.security import CurveKeys
+from streamer.stats import LatencyWindow, RateMeter
+from streamer.worker import Worker
 from viewer.slot import LatestSlot
-from viewer.stats import LatencyWindow, RateMeter
 
-__all__ = ["CurveClientKeys", "CurveKeyError", "FrameHeader", "ReceivedFrame", "ReceiverStatus", "FrameReceiver",
-           "ReceiverError", "normalise_address"]
+__all__ = ["FrameHeader", "ReceivedFrame", "ReceiverStatus", "FrameReceiver", "ReceiverError",
+           "normalise_address"]
 
 
 class ReceiverError(RuntimeError):
     """The receiver thread failed or did not stop in time."""
-
-
-class CurveKeyError(ValueError):
-    """A CURVE key directory is missing, incomplete or holds an unreadable key file."""
-
-
-_Z85_KEY_LENGTH = 40  # a 32-byte CURVE key, Z85-encoded, as zmq.auth writes it
-
-
-def _read_key_file(path: Path, *, need_secret: bool) -> tuple[bytes, bytes | None]:
-    """Read one ``zmq.auth`` key file and check its keys look like Z85 CURVE keys."""
-    what = "a zmq.auth key file with public-key and secret-key" if need_secret else \
-        "a zmq.auth key file with a public-key"
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as e:
-        raise CurveKeyError(f"--curve-keys: expected {what} in {path} (got {type(e).__name__}: {e})") from e
-    if need_secret and secret is None:
-        raise CurveKeyError(f"--curve-keys: expected {what} in {path} (got no secret-key)")
-    for name, key in (("public-key", public), ("secret-key", secret)):
-        if key is None:
-            continue
-        try:
-            valid = len(key) == _Z85_KEY_LENGTH and len(z85.decode(key)) == 32
-        except (KeyError, ValueError):  # z85.decode raises KeyError on a character outside Z85
-            valid = False
-        if not valid:
-            raise CurveKeyError(f"--curve-keys: expected a {_Z85_KEY_LENGTH}-character Z85 {name} in {path} "
-                                f"(got {len(key)} characters that are not a Z85 key)")
-    return public, secret
-
-
-@dataclasses.dataclass(frozen=True)
-class CurveClientKeys:
-    """What a CURVE client needs: its own key pair and the server's public key.
-
-    The viewer link's keys of ``n2a-stream --make-keys DIR`` (see ``docs/protocol.md``):
-    ``DIR/viewer`` (or ``DIR`` itself, when it holds them) with ``server.key`` (the stream's public
-    key) and ``client.key_secret`` (the viewer's own key pair, whose public half must be in the
-    stream's ``viewer/authorized_clients/``; mode 0600, else refused). Read with ``zmq.auth``
-    directly: the viewer imports nothing from the streamer but its protocol.
-    """
-
-    directory: Path
-    server_public: bytes
-    client_public: bytes
-    client_secret: bytes = dataclasses.field(repr=False)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> CurveClientKeys:
-        """Read ``server.key`` and ``client.key_secret`` from `directory`.
-
-        Raises
-        ------
-        CurveKeyError
-            A one-line message saying which file was expected and what was found instead.
-        """
-        d = Path(directory)
-        if not zmq.has("curve"):
-            raise CurveKeyError(f"--curve-keys {d}: expected a libzmq with CURVE support (got libzmq "
-                                f"{zmq.zmq_version()} without it)")
-        if not d.is_dir():
-            got = "a file, not a directory" if d.exists() else "no such directory"
-            raise CurveKeyError(f"--curve-keys {d}: expected a key directory made by n2a-stream --make-keys "
-                                f"(got {got})")
-        if (d / "viewer").is_dir():
-            d = d / "viewer"  # the top of a --make-keys folder: the viewer link's keys
-        missing = [name for name in ("server.key", "client.key_secret") if not (d / name).is_file()]
-        if missing:
-            try:
-                got = f"{sorted(p.name for p in d.iterdir())}, missing {missing}"
-            except OSError as e:
-                got = f"an unreadable directory: {e}"
-            raise CurveKeyError(f"--curve-keys {d}: expected server.key and client.key_secret "
-                                f"(make them with n2a-stream --make-keys DIR) (got {got})")
-        secret = d / "client.key_secret"
-        mode = stat.S_IMODE(secret.stat().st_mode)
-        if mode & 0o077:
-            raise CurveKeyError(f"--curve-keys {d}: secret key {secret} is open to group or others "
-                                f"(expected mode 0600, got {mode:04o}): chmod 600 {secret}")
-        server_public, _ = _read_key_file(d / "server.key", need_secret=False)
-        client_public, client_secret = _read_key_file(d / "client.key_secret", need_secret=True)
-        return cls(directory=d, server_public=server_public, client_public=client_public,
-                   client_secret=client_secret)
-
-    def configure(self, socket: zmq.Socket) -> None:
-        """Make `socket` a CURVE client of the server key (call before connect)."""
-        socket.curve_secretkey = self.client_secret
-        socket.curve_publickey = self.client_public
-        socket.curve_serverkey = self.server_public
 
 
 def normalise_address(source: str) -> str:
@@ -247,7 +156,7 @@ class FrameReceiver:
     history : int
         How many frame headers (for the CSS plot) are kept until the GUI takes them; older ones
         fall off (counted in `ReceiverStatus.headers_overflowed`).
-    curve : CurveClientKeys, optional
+    curve : streamer.security.CurveKeys, optional
         Connect as an authenticated CURVE client (for ``n2a-stream --curve-keys DIR``). Without the
         right keys the handshake never completes and no message arrives: the viewer keeps waiting.
 
@@ -266,7 +175,7 @@ class FrameReceiver:
         latency_window_s: float = 5.0,
         rcvhwm: int = 16,
         history: int = 600,
-        curve: CurveClientKeys | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = normalise_address(address)
         self.curve = curve
@@ -278,7 +187,8 @@ class FrameReceiver:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._connected = False
+        self._thread: Worker | None = None
         self._context = zmq.Context()
         self._latency = LatencyWindow(window_s=latency_window_s)
         self._rate = RateMeter(window_s=min(latency_window_s, 2.0))
@@ -291,7 +201,6 @@ class FrameReceiver:
         self._last_end_index = -1
         self._last_end_series: str | None = None
         self._last_message_t: float | None = None
-        self._error: BaseException | None = None
 
     # -- owner side -------------------------------------------------------------------------
 
@@ -299,11 +208,14 @@ class FrameReceiver:
         """Start the thread and wait until its socket is connected."""
         if self._thread is not None:
             raise ReceiverError(f"receiver for {self.address} already started")
-        self._thread = threading.Thread(target=self._run, name=f"n2a-view-rx {self.address}", daemon=True)
+        self._thread = Worker(name=f"n2a-view-rx {self.address}", stop_event=self._stop,
+                              work=self._run)
         self._thread.start()
         if not self._ready.wait(timeout):
             self.maybe_raise()
             raise ReceiverError(f"receiver socket for {self.address} not ready within {timeout} s")
+        if not self._connected:  # the thread failed before connecting: let it store its error
+            self._thread.join(timeout)
         self.maybe_raise()
         return self
 
@@ -311,9 +223,10 @@ class FrameReceiver:
         """Stop the thread, close the socket and the context; raise if it does not stop in time."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise ReceiverError(f"receiver thread for {self.address} did not stop within {timeout} s")
+            try:
+                self._thread.join_or_raise(timeout)
+            except TimeoutError as e:
+                raise ReceiverError(f"receiver for {self.address}: {e}") from e
         self._context.term()
 
     def __enter__(self) -> FrameReceiver:
@@ -324,10 +237,13 @@ class FrameReceiver:
 
     def maybe_raise(self) -> None:
         """Re-raise, in the caller's thread, an exception that ended the receiver thread."""
-        with self._lock:
-            err = self._error
+        err = self._error
         if err is not None:
             raise ReceiverError(f"receiver for {self.address} failed: {err!r}") from err
+
+    @property
+    def _error(self) -> BaseException | None:
+        return self._thread.error if self._thread is not None else None
 
     def take(self) -> ReceivedFrame | None:
         """The newest frame not yet taken, or None."""
@@ -344,7 +260,7 @@ class FrameReceiver:
         """A snapshot of the counters."""
         now = time.monotonic()
         with self._lock:
-            p50, p99 = self._latency.percentiles_ms(now=now)
+            p50, p99 = (self._latency.percentile_ms(q, now=now) for q in (50, 99))
             return ReceiverStatus(
                 address=self.address,
                 messages=self._messages,
@@ -357,8 +273,8 @@ class FrameReceiver:
                 last_end_series=self._last_end_series,
                 seconds_since_message=None if self._last_message_t is None else now - self._last_message_t,
                 fps_in=self._rate.rate(now=now),
-                latency_p50_ms=p50,
-                latency_p99_ms=p99,
+                latency_p50_ms=math.nan if p50 is None else p50,
+                latency_p99_ms=math.nan if p99 is None else p99,
                 display_skips=self._slot.overwritten,
                 headers_overflowed=self._headers_overflowed,
                 error=self._error,
@@ -369,17 +285,10 @@ class FrameReceiver:
 
     def _run(self) -> None:
         sock = None
-        try:
-            sock = self._context.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
-            # Reconnect quickly when n2a-stream restarts; ZeroMQ does it by itself.
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if self.curve is not None:
-                self.curve.configure(sock)
+        try:  # errors reach the owner through the Worker: maybe_raise / status
+            sock = subscriber_socket(self._context, rcvhwm=self._rcvhwm, curve=self.curve)
             sock.connect(self.address)
+            self._connected = True
             self._ready.set()
             while not self._stop.is_set():
                 if not sock.poll(self._poll_ms, zmq.POLLIN):
@@ -391,9 +300,6 @@ class FrameReceiver:
                     except zmq.Again:
                         break
                     self._handle(parts)
-        except BaseException as e:  # reported to the owner through maybe_raise / status
-            with self._lock:
-                self._error = e
         finally:
             if sock is not None:
                 sock.close(linger=0)
@@ -423,13 +329,13 @@ class FrameReceiver:
             elif frame is not None:
                 self._frames += 1
                 self._last_frame_index = index
-                self._rate.add(now)
+                self._rate.tick(now)
                 if len(self._headers) == self._headers.maxlen:
                     self._headers_overflowed += 1
                 self._headers.append(FrameHeader(index=index, series=frame.series, seq=frame.seq,
                                                  header=frame.header))
                 t_acq = frame.header.get("t_acq_ns")
                 if isinstance(t_acq, int):
-                    self._latency.add(t=now, latency_ns=t_recv_ns - t_acq)
+                    self._latency.add(t_recv_ns - t_acq, t=now)
         if frame is not None:
             self._slot.put(frame)

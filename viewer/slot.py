@@ -31,7 +31,6 @@ class LatestSlot(Generic[T]):
         self._lock = threading.Lock()
         self._item: T | None = None
         self._overwritten = 0
-        self._taken = 0
 
     def put(self, item: T) -> bool:
         """Store `item`; return True when it replaced one nobody had taken (a skip)."""
@@ -46,8 +45,6 @@ class LatestSlot(Generic[T]):
         """Return the latest item and empty the slot, or None when nothing new arrived."""
         with self._lock:
             item, self._item = self._item, None
-            if item is not None:
-                self._taken += 1
             return item
 
     @property
@@ -55,9 +52,3 @@ class LatestSlot(Generic[T]):
         """How many items were replaced before they were taken."""
         with self._lock:
             return self._overwritten
-
-    @property
-    def taken(self) -> int:
-        """How many items were taken."""
-        with self._lock:
-            return self._taken

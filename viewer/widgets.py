@@ -193,7 +193,7 @@ class CssPlot(QtWidgets.QWidget):
         self._seq: collections.deque[float] = collections.deque(maxlen=history)
         self._raw: collections.deque[float] = collections.deque(maxlen=history)
         self._den: collections.deque[float] = collections.deque(maxlen=history)
-        self._last: tuple = (None, None, None, None, None)
+        self._last: tuple = (None, None, None, None)
 
         self.raw_label = _big_label(RAW_PEN)
         self.denoised_label = _big_label(DENOISED_PEN)
@@ -226,25 +226,24 @@ class CssPlot(QtWidgets.QWidget):
 
     def append(self, *, seq: int, css_raw: float | None, css: float | None,
                css_mean: float | None = None, css_raw_mean: float | None = None,
-               window: int | None = None, refresh: bool = True) -> None:
+               refresh: bool = True) -> None:
         """Add one frame's values; with `refresh`, redraw the curves and the big labels."""
         self._seq.append(float(seq))
         self._raw.append(math.nan if css_raw is None else float(css_raw))
         self._den.append(math.nan if css is None else float(css))
-        self._last = (css, css_raw, css_mean, css_raw_mean, window)
+        self._last = (css, css_raw, css_mean, css_raw_mean)
         if refresh:
             self.refresh()
 
     def refresh(self) -> None:
         """Redraw the curves and the big labels from the stored values."""
-        css, css_raw, css_mean, css_raw_mean, window = self._last
+        css, css_raw, css_mean, css_raw_mean = self._last
         x = np.fromiter(self._seq, dtype=np.float64, count=len(self._seq))
         self.raw_curve.setData(x, np.fromiter(self._raw, np.float64, len(self._raw)), connect="finite")
         self.denoised_curve.setData(x, np.fromiter(self._den, np.float64, len(self._den)), connect="finite")
         self.denoised_label.setText(f"denoised {_fmt_css(css)}")
         self.raw_label.setText(f"raw {_fmt_css(css_raw)}")
-        over = f" over {window} frames" if window else ""
-        self.mean_label.setText(f"rolling mean{over}: denoised {_fmt_css(css_mean)}, raw {_fmt_css(css_raw_mean)}")
+        self.mean_label.setText(f"rolling mean: denoised {_fmt_css(css_mean)}, raw {_fmt_css(css_raw_mean)}")
 
     def clear(self) -> None:
         """Forget the history (a new series starts)."""

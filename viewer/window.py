@@ -17,7 +17,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from viewer.receiver import FrameHeader, ReceivedFrame, ReceiverError, ReceiverStatus
 from viewer.snapshot import save_frame_tiff, snapshot_stem
-from viewer.stats import RateMeter
+from streamer.stats import RateMeter
 from viewer.widgets import COLORMAPS, CssPlot, ImagePanel, format_value
 
 __all__ = ["FrameSource", "ViewerWindow"]
@@ -284,7 +284,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.current = frame
         self._add_headers(headers)
         self.frames_shown += 1
-        self._display_rate.add(time.monotonic())
+        self._display_rate.tick(time.monotonic())
         self._refresh_slow()
         self.update_costs_ns.append(time.perf_counter_ns() - t0)
         self.frame_shown.emit(self.frames_shown)
@@ -297,7 +297,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             h = fh.header
             self.css_plot.append(seq=fh.seq, css_raw=h.get("css_raw"), css=h.get("css"),
                                  css_mean=h.get("css_mean"), css_raw_mean=h.get("css_raw_mean"),
-                                 window=h.get("css_window"), refresh=False)
+                                 refresh=False)
         if headers:
             self._last_header = headers[-1]
             self._slow_dirty = True
@@ -345,33 +345,15 @@ class ViewerWindow(QtWidgets.QMainWindow):
         _set_warn(lab["gaps"], f"gaps {gaps}", gaps > 0)
         lab["engine"].setText(f"{_describe_engine(h.get('engine'))} · {h.get('model') or 'no model'}")
         learn = h.get("learn")
-        if isinstance(learn, dict):  # n2a-stream --learn: what the learner is doing
-            loss = learn.get("heldout_loss")
-            lab["learn"].setText(f"learn {learn.get('state', '?')}: {learn.get('swaps', 0)} swaps, "
-                                 f"loss {'-' if loss is None else format(loss, '.4g')}")
-            lab["learn"].setToolTip("n2a-stream fine-tunes the model on this series and swaps it "
-                                    "in when its held-out loss improves; the model id changes with "
-                                    "each swap.")
-            lab["learn"].show()
-        else:
-            lab["learn"].hide()
         mismatch = h.get("meta_mismatch") or []
-        if mismatch:
-            _set_warn(lab["mismatch"], "meta mismatch: " + ", ".join(map(str, mismatch)), True)
-            lab["mismatch"].setToolTip("The acquisition settings differ from the model's training data;"
-                                       " frames are still denoised.")
-            lab["mismatch"].show()
-        else:
-            lab["mismatch"].hide()
         flags = h.get("flags") or []
-        if flags:  # the fidelity guard's flags: CSS cannot be trusted on this frame
-            _set_warn(lab["flags"], "⚠ " + ", ".join(map(str, flags)), True)
-            lab["flags"].setToolTip("n2a-stream's fidelity guard flagged this frame (clipped input, "
-                                    "flat output, structure in the residual or input outside the "
-                                    "model's training range): its CSS is not to be trusted.")
-            lab["flags"].show()
-        else:
-            lab["flags"].hide()
+        _show_optional(lab["learn"], _learn_text(learn) if isinstance(learn, dict) else None,
+                       LEARN_TIP, warn=False)  # n2a-stream --learn: what the learner is doing
+        _show_optional(lab["mismatch"], ("meta mismatch: " + ", ".join(map(str, mismatch))
+                                         if mismatch else None), MISMATCH_TIP)
+        # the fidelity guard's flags: CSS cannot be trusted on this frame
+        _show_optional(lab["flags"], "⚠ " + ", ".join(map(str, flags)) if flags else None,
+                       FLAGS_TIP)
 
     def _refresh_slow(self, *, force: bool = False) -> None:
         """Redraw what need not follow every frame (histograms, CSS plot, status bar) at most every
@@ -434,6 +416,35 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._closed = True
         self._timer.stop()
         super().closeEvent(event)
+
+
+LEARN_TIP = ("n2a-stream fine-tunes the model on this series and swaps it in when its held-out "
+             "loss improves; the model id changes with each swap.")
+MISMATCH_TIP = ("The acquisition settings differ from the model's training data; frames are still "
+                "denoised.")
+FLAGS_TIP = ("n2a-stream's fidelity guard flagged this frame (clipped input, flat output, structure "
+             "in the residual or input outside the model's training range): its CSS is not to be "
+             "trusted.")
+
+
+def _learn_text(learn: dict) -> str:
+    loss = learn.get("heldout_loss")
+    return (f"learn {learn.get('state', '?')}: {learn.get('swaps', 0)} swaps, "
+            f"loss {'-' if loss is None else format(loss, '.4g')}")
+
+
+def _show_optional(label: QtWidgets.QLabel, text: str | None, tooltip: str, *,
+                   warn: bool = True) -> None:
+    """Show an optional status label with ``text`` (red when ``warn``), or hide it (``None``)."""
+    if text is None:
+        label.hide()
+        return
+    if warn:
+        _set_warn(label, text, True)
+    else:
+        label.setText(text)
+    label.setToolTip(tooltip)
+    label.show()
 
 
 def _set_warn(label: QtWidgets.QLabel, text: str, warn: bool) -> None:

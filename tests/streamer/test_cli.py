@@ -15,7 +15,7 @@ from noise2atom.stem_sim import StemSimulator
 from streamer.cli import main as stream_main
 from streamer.recorder import read_recording
 from streamer.replay import Replay
-from streamer.replay import main as replay_main
+from streamer.replay_cli import main as replay_main
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_replay_cli_rejects_bad_input(capsys):
 def test_replay_cli_prints_its_real_port_and_publishes(zmq_ctx):
     import zmq
 
-    p = subprocess.Popen([sys.executable, "-m", "streamer.replay", "--simulate", "--size", "32",
+    p = subprocess.Popen([sys.executable, "-m", "streamer.replay_cli", "--simulate", "--size", "32",
                           "--port", "0", "--count", "5", "--fps", "50", "--wait-subscribers", "1",
                           "--wait-timeout", str(int(PATIENCE))], env=cli_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)

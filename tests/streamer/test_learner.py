@@ -63,7 +63,7 @@ def test_learner_swaps_in_a_better_model_and_saves_it(lite_model, tmp_path):
     try:
         for f in _frames(12):
             learner.offer(("s", (96, 96)), f, {"detector": "HAADF"})
-        _wait(lambda: learner.counts["swaps"] >= 1 or learner.failed.is_set(), 240, "a swap")
+        _wait(lambda: learner.counts["swaps"] >= 1 or learner.error is not None, 240, "a swap")
         swap = learner.take_swap()
         assert swap is not None and swap.reason == "improved"
         try:  # handed over entered and warmed up: the denoiser only calls infer

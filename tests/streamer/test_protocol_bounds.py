@@ -105,6 +105,6 @@ def test_an_output_header_with_the_largest_meta_decodes():
 
 def test_min_frame_side_is_the_generators():
     from noise2atom.models import MIN_SIDE
-    from streamer.subscriber import MIN_FRAME_SIDE
+    from streamer.receive import MIN_FRAME_SIDE
 
     assert MIN_FRAME_SIDE == MIN_SIDE

@@ -13,7 +13,7 @@ from zmq.utils.monitor import recv_monitor_message
 from stream_testutils import Collector, run_module, wait_until
 from streamer.pipeline import Stream
 from streamer.replay import Replay
-from streamer.security import LINKS, CurveKeys, InsecureKeyError, link_keys, make_keys
+from streamer.security import LINKS, CurveKeyError, CurveKeys, InsecureKeyError, link_keys, make_keys
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE support")
 
@@ -49,7 +49,7 @@ def test_the_two_links_have_different_keys(tmp_path):
     assert acq.server_public != view.server_public and acq.client_public != view.client_public
     assert link_keys(top / "viewer", "viewer") == view  # the link folder itself also works
     (tmp_path / "flat").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"expected the acquisition/ key folder.*\(got \[\]\)"):
+    with pytest.raises(CurveKeyError, match=r"expected the acquisition/ key folder.*\(got \[\]\)"):
         link_keys(tmp_path / "flat", "acquisition")
 
 
@@ -59,11 +59,10 @@ def test_a_secret_key_that_others_can_read_is_refused(tmp_path):
     secret.chmod(0o640)
     with pytest.raises(InsecureKeyError, match=r"expected mode 0600, got 0640.*chmod 600"):
         CurveKeys.load(top / "viewer")
-    from viewer.receiver import CurveClientKeys, CurveKeyError
 
     (top / "viewer" / "client.key_secret").chmod(0o604)
     with pytest.raises(CurveKeyError, match=r"expected mode 0600, got 0604"):
-        CurveClientKeys.load(top)
+        CurveKeys.load_client(top)
 
 
 def _exit_2_with(p, *needles) -> None:
@@ -82,7 +81,7 @@ def test_the_clis_exit_2_on_a_readable_secret_key(tmp_path, lite_model):
     _exit_2_with(run_module("streamer.cli", "--port", "0", "--out-port", "0", "--model",
                             str(lite_model), "--engine", "onnxruntime", "--curve-keys", str(top)),
                  "cannot start", "server.key_secret", "chmod 600")
-    _exit_2_with(run_module("streamer.replay", "--simulate", "--count", "1", "--curve-keys",
+    _exit_2_with(run_module("streamer.replay_cli", "--simulate", "--count", "1", "--curve-keys",
                             str(top)), "acquisition/server.key_secret", "chmod 600")
     _exit_2_with(run_module("viewer.app", "--port", "5556", "--curve-keys", str(top)),
                  "client.key_secret", "chmod 600")

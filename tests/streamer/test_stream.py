@@ -206,7 +206,8 @@ def _bind_retrying(make, timeout: float = 10.0) -> Replay:
 
 
 def test_restart_with_same_series_name_and_shape_change_start_new_series(zmq_ctx, lite_model):
-    from streamer.protocol import encode_frame, encode_start, send_message
+    from streamer.net import send_message
+    from streamer.protocol import encode_frame, encode_start
 
     pub = zmq_ctx.make(zmq.XPUB)  # an XPUB sees n2a-stream's subscription arrive
     port = pub.bind_to_random_port("tcp://127.0.0.1")

@@ -14,7 +14,7 @@ from stream_testutils import Collector, wait_until
 from noise2atom.checkpoint import default_model_path
 from noise2atom.metrics import ssim, to_unit
 from noise2atom.scaling import estimate_scaling
-from streamer import protocol
+from streamer import net, protocol
 from streamer.pipeline import Stream
 
 
@@ -37,11 +37,11 @@ def _run(zmq_ctx, model, series: dict[str, np.ndarray]):
         wait_until(lambda: stream.subscriptions >= 1, 10, "the test subscriber to join")
         total = 0
         for name, frames in series.items():
-            protocol.send_message(push, protocol.encode_start(name))
+            net.send_message(push, protocol.encode_start(name))
             for seq, frame in enumerate(frames):
-                protocol.send_message(push, protocol.encode_frame(frame, seq=seq, series=name,
+                net.send_message(push, protocol.encode_frame(frame, seq=seq, series=name,
                                                                   t_acq_ns=time.time_ns()))
-            protocol.send_message(push, protocol.encode_end(name, count=len(frames)))
+            net.send_message(push, protocol.encode_end(name, count=len(frames)))
             total += len(frames)
         col.wait_for(lambda: len(col.frames) >= total, 120, f"{total} denoised frames")
         stream.maybe_raise()

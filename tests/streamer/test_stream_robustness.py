@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from stream_testutils import PATIENCE, Collector, cli_env, probe_until, wait_until
 from streamer.pipeline import Stream
-from streamer.protocol import ProtocolError, decode, encode_frame, send_message
+from streamer.net import send_message
+from streamer.protocol import ProtocolError, decode, encode_frame
 from streamer.recorder import Recorder, iter_records, read_recording
 from streamer.replay import Replay
-from streamer.security import CurveKeys, link_keys, make_keys
+from streamer.security import CurveKeyError, CurveKeys, link_keys, make_keys
 
 MAX_BYTES = 64 * 64 * 4  # --max-frame-bytes of the fuzzed stream: a 64x64 float32 frame
 
@@ -170,7 +171,7 @@ def test_curve_authenticated_client_receives_and_unauthenticated_does_not(
 
 
 def test_curve_keys_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"expected server.key.*\(got \[\]\)"):
+    with pytest.raises(CurveKeyError, match=r"expected server.key.*\(got \[\]\)"):
         (tmp_path / "empty").mkdir()
         CurveKeys.load(tmp_path / "empty")
 

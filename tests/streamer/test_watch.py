@@ -325,7 +325,7 @@ def test_watch_feeds_n2a_stream(tmp_path, zmq_ctx, lite_model):
 
 
 def test_cli_publishes_and_exits_0_on_sigterm(tmp_path, zmq_ctx):
-    p = subprocess.Popen([sys.executable, "-m", "streamer.watch", str(tmp_path), "--port", "0",
+    p = subprocess.Popen([sys.executable, "-m", "streamer.watch_cli", str(tmp_path), "--port", "0",
                           "--poll", "0.05", "--status-interval", "0.2"],
                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -357,7 +357,7 @@ def test_cli_publishes_and_exits_0_on_sigterm(tmp_path, zmq_ctx):
 
 
 def test_cli_rejects_a_missing_folder(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "streamer.watch", str(tmp_path / "nope")],
+    p = subprocess.run([sys.executable, "-m", "streamer.watch_cli", str(tmp_path / "nope")],
                        env=cli_env(), capture_output=True, text=True, timeout=DEADLINE)
     assert p.returncode == 2
     assert "needs an existing folder to watch (got" in p.stderr

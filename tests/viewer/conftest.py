@@ -1,6 +1,7 @@
 """Fixtures for the viewer tests: a real PUB socket on loopback, a receiver, a leak check."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import zmq
 from PySide6 import QtCore, QtWidgets
 
-from streamer import protocol
+from streamer import net, protocol
 from viewer.receiver import FrameReceiver
 
 # Seconds to wait for something that normally takes well under a second: a loaded 2-core CI
@@ -94,7 +95,7 @@ class Publisher:
                 time.sleep(0.02)
 
     def send(self, parts: list) -> None:
-        protocol.send_message(self.sock, parts)
+        net.send_message(self.sock, parts)
 
     def start(self, series: str) -> None:
         self.send(protocol.encode_start(series))
@@ -213,3 +214,50 @@ def _run_viewer_screenshot(publisher, make_frame, args: list[str], timeout: floa
 def run_viewer_screenshot(make_frame):
     """``run(publisher, args, timeout) -> (returncode, output)``: n2a-view fed by a real socket."""
     return lambda publisher, args, timeout: _run_viewer_screenshot(publisher, make_frame, args, timeout)
+
+
+@pytest.fixture
+def live_window(qtbot, tmp_path):
+    """A real n2a-stream (ONNX Runtime, PULL input, backpressure) feeding a real viewer window.
+
+    ``with live_window(**stream_options) as (window, send):`` -- ``send(frames, series)`` pushes
+    the frames (seq 0, 1, ...) once the window's receiver has subscribed, and waits until the last
+    one is shown. Skips when the bundled model is missing and no ``model=`` is given.
+    """
+    from noise2atom.checkpoint import default_model_path
+    from streamer.pipeline import Stream
+    from viewer.window import ViewerWindow
+
+    @contextlib.contextmanager
+    def open_window(**stream_options):
+        if "model" not in stream_options and not default_model_path().is_file():
+            pytest.skip(f"the bundled model is missing (expected {default_model_path()})")
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.linger = 0
+        port = push.bind_to_random_port("tcp://127.0.0.1")
+        stream = Stream(source=f"tcp://127.0.0.1:{port}", engine="onnxruntime", pattern="pull",
+                        policy="block", **stream_options).start()
+
+        def send(frames, series: str) -> None:
+            qtbot.waitUntil(lambda: stream.subscriptions >= 1)
+            for seq, frame in enumerate(frames):
+                net.send_message(push, protocol.encode_frame(frame, seq=seq, series=series,
+                                                             t_acq_ns=time.time_ns()))
+            last = len(frames) - 1
+            qtbot.waitUntil(lambda: window.current is not None and window.current.seq == last)
+
+        try:
+            with FrameReceiver(address=stream.out_endpoint, poll_ms=20) as rx:
+                window = ViewerWindow(source=rx, refresh_ms=5, silence_timeout_s=30.0,
+                                      snapshot_dir=tmp_path / "snaps")
+                qtbot.addWidget(window)
+                window.show()
+                yield window, send
+                window.close()
+        finally:
+            stream.stop()
+            push.close(0)
+            ctx.term()
+
+    return open_window

@@ -17,10 +17,11 @@ import zmq
 from PySide6 import QtGui
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer import protocol
+from streamer import net, protocol
 from streamer.security import CurveKeys, make_keys, start_authenticator
 from viewer.app import main
-from viewer.receiver import CurveClientKeys, CurveKeyError, FrameReceiver
+from streamer.security import CurveKeyError
+from viewer.receiver import FrameReceiver
 from viewer.window import ViewerWindow
 
 
@@ -56,10 +57,10 @@ class CurvePublisher:
         self.sock.close(linger=0)
 
     def start(self, series: str) -> None:
-        protocol.send_message(self.sock, protocol.encode_start(series))
+        net.send_message(self.sock, protocol.encode_start(series))
 
     def frame(self, raw: np.ndarray, denoised: np.ndarray, *, seq: int, series: str) -> None:
-        protocol.send_message(self.sock, protocol.encode_frame(
+        net.send_message(self.sock, protocol.encode_frame(
             [denoised, raw], parts=["denoised", "raw"], seq=seq, series=series, t_acq_ns=time.time_ns(),
             css=None, css_raw=None, css_mean=None, timing={"engine": 1000}, engine="onnxruntime cpu fp32",
             model="curve-model", dropped=0, gaps=0))
@@ -91,10 +92,10 @@ def test_viewer_with_the_keys_shows_the_frame_and_others_get_nothing(
     intruder_dir = make_keys(tmp_path / "other") / "viewer"  # the set a viewer loads
     shutil.copy(key_dir / "server.key", intruder_dir / "server.key")
     with FrameReceiver(address=curve_publisher.address, poll_ms=20,
-                       curve=CurveClientKeys.load(key_dir)) as rx, \
+                       curve=CurveKeys.load_client(key_dir)) as rx, \
             FrameReceiver(address=curve_publisher.address, poll_ms=20) as plain, \
             FrameReceiver(address=curve_publisher.address, poll_ms=20,
-                          curve=CurveClientKeys.load(intruder_dir)) as intruder:
+                          curve=CurveKeys.load_client(intruder_dir)) as intruder:
         window = ViewerWindow(source=rx, refresh_ms=5, silence_timeout_s=30.0, snapshot_dir=tmp_path / "snaps")
         qtbot.addWidget(window)
         window.show()
@@ -154,31 +155,31 @@ def test_unreadable_key_files_are_reported(tmp_path, key_dir):
     shutil.copytree(key_dir, broken)
     (broken / "client.key_secret").write_text("metadata\ncurve\n")
     with pytest.raises(CurveKeyError, match=r"expected a zmq.auth key file .* \(got ValueError: No public key"):
-        CurveClientKeys.load(broken)
+        CurveKeys.load_client(broken)
     # Only the public half of the client's key: a client cannot authenticate with it.
     shutil.copy(key_dir / "client.key", broken / "client.key_secret")
     (broken / "client.key_secret").chmod(0o600)  # copy() gave it the public key's mode
     with pytest.raises(CurveKeyError, match=r"client.key_secret \(got no secret-key\)"):
-        CurveClientKeys.load(broken)
+        CurveKeys.load_client(broken)
     shutil.copy(key_dir / "client.key_secret", broken / "client.key_secret")
     text = (key_dir / "server.key").read_text()
     public = text.split('public-key = "')[1].split('"')[0]
     (broken / "server.key").write_text(text.replace(public, public[:-1] + "~"))  # '~' is not Z85
     with pytest.raises(CurveKeyError, match=r"40-character Z85 public-key in .*server.key \(got 40 characters"):
-        CurveClientKeys.load(broken)
+        CurveKeys.load_client(broken)
     (broken / "server.key").write_text(text.replace(public, public[:20]))
     with pytest.raises(CurveKeyError, match=r"\(got 20 characters"):
-        CurveClientKeys.load(broken)
+        CurveKeys.load_client(broken)
     if os.geteuid() != 0:  # root reads anything
         (broken / "server.key").write_text(text)
         (broken / "server.key").chmod(0)
         try:
             with pytest.raises(CurveKeyError, match=r"server.key \(got PermissionError"):
-                CurveClientKeys.load(broken)
+                CurveKeys.load_client(broken)
         finally:
             (broken / "server.key").chmod(0o600)
     (broken / "server.key").write_text(text)
-    keys = CurveClientKeys.load(broken)
+    keys = CurveKeys.load_client(broken)
     assert keys.server_public == CurveKeys.load(key_dir).server_public
     assert "client_secret" not in repr(keys)
 

@@ -78,7 +78,6 @@ class SeriesState:
 class InFrame:
     """A validated raw frame on its way to the denoiser."""
 
-    msg: Message
     raw: np.ndarray
     seq: int
     t_acq_ns: int
@@ -109,8 +108,6 @@ class Receiver(Worker):
         Shared counters.
     stop_event
         Stop taking input.
-    failed
-        Set when this thread fails.
     max_frame_bytes
         Larger frames are rejected (``too_large``).
     model_meta
@@ -133,11 +130,11 @@ class Receiver(Worker):
     """
 
     def __init__(self, *, socket: zmq.Socket, queue: FrameQueue, stats: StreamStats,
-                 stop_event: threading.Event, failed: threading.Event, max_frame_bytes: int,
+                 stop_event: threading.Event, max_frame_bytes: int,
                  model_meta: dict[str, Any], recorder: Any = None, rcvhwm: int = 1000,
                  monitor: zmq.Socket | None = None, source: str | None = None,
                  delay_s: float = 0.0, hwm_for: Any = None) -> None:
-        super().__init__(name="n2a-receive", stop_event=stop_event, failed=failed)
+        super().__init__(name="n2a-receive", stop_event=stop_event)
         self.socket, self.queue, self.stats = socket, queue, stats
         self.max_frame_bytes, self.model_meta, self.recorder = max_frame_bytes, model_meta, recorder
         self.rcvhwm, self.monitor, self.source, self.delay_s = rcvhwm, monitor, source, delay_s
@@ -266,7 +263,7 @@ class Receiver(Worker):
         self.stats.counts.add("frames_in")
         self.stats.rate_in.tick()
         t_enq = time.time_ns()
-        item = InFrame(msg=msg, raw=raw, seq=msg.seq, t_acq_ns=msg.t_acq_ns, t_recv_ns=t_recv_ns,
+        item = InFrame(raw=raw, seq=msg.seq, t_acq_ns=msg.t_acq_ns, t_recv_ns=t_recv_ns,
                        t_enq_ns=t_enq, receive_ns=t_enq - t_recv_ns, series=series)
         self._enqueue(item)
 

@@ -1,0 +1,155 @@
+"""The denoise stage: raw frame -> model units -> engine -> [0, 1] float32, in its own thread.
+
+Fed by the bounded queue from the receive stage, feeding the one to the publish stage. The input
+scaling is the series' own (see :class:`Denoiser`); an engine error or a non-finite output on one
+frame is counted (``engine_error``, ``non_finite_output``) and the next frame goes on, until the
+engine has failed on ``max_failures`` frames in a row (:class:`EngineFailedError` stops the stream).
+With a learner (``n2a-stream --learn``) the frame is offered to it, and a better engine it made is
+swapped in between two frames.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from .learner import Learner
+from .publisher import OutFrame
+from .queues import FrameQueue
+from .receive import EndMarker, InFrame, SeriesState
+from .stats import RateLimitedLog, StreamStats
+from .worker import Worker
+
+__all__ = ["Denoiser", "EngineFailedError"]
+
+log = logging.getLogger("n2a.stream")
+
+
+class EngineFailedError(RuntimeError):
+    """The engine failed on every frame for too long: the stream cannot do its job."""
+
+
+class Denoiser(Worker):
+    """Denoise stage thread: raw -> model units -> engine -> [0, 1] float32.
+
+    The raw -> model scaling is estimated from each series' first frame
+    (:func:`noise2atom.scaling.estimate_scaling`) and kept for the rest of the series, so any
+    detector's dtype, offset and gain works and CSS stays comparable within a series; a new series
+    (new name, shape, dtype or a restart: a new ``SeriesState``) estimates it again.
+    """
+
+    def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,
+                 input_done: threading.Event, stop_event: threading.Event,
+                 delay_s: float = 0.0, max_failures: int = 50,
+                 engine_name: str = "engine", model_id: str = "", learner: Learner | None = None) -> None:
+        super().__init__(name="n2a-denoise", stop_event=stop_event)
+        self.engine, self.inq, self.outq, self.stats = engine, inq, outq, stats
+        self.input_done, self.delay_s = input_done, delay_s
+        self.max_failures, self.engine_name = max_failures, engine_name
+        self.failures = 0  # frames in a row the engine failed on
+        self.rlog = RateLimitedLog(log, interval_s=1.0)
+        self.norm = engine.config.normalisation  # replaced by each series' own scaling
+        self._scaled_series: SeriesState | None = None
+        self.model_id, self.learner = model_id, learner
+        self._learn_key: tuple | None = None
+        self._learn_meta: Any = None
+
+    def _put(self, item: Any, marker: bool = False) -> bool:
+        while True:
+            try:
+                self.outq.put(item, timeout=0.1, marker=marker)
+                return True
+            except TimeoutError:
+                if self.stop_event.is_set():  # hard stop: the publisher is gone
+                    return False
+
+    def _failed(self, item: InFrame, reason: str, error: str) -> None:
+        """Count a frame the engine failed on; stop after ``max_failures`` in a row."""
+        self.stats.rejected.add(reason)
+        self.failures += 1
+        self.rlog.warning(reason, "n2a-stream: the engine failed on frame seq %d of %.300s (%s): "
+                          "%.500s", item.seq, item.series.name, reason, error)
+        if self.failures >= self.max_failures:
+            raise EngineFailedError(f"the {self.engine_name} engine failed on {self.failures} "
+                                    f"frames in a row (expected at most {self.max_failures - 1}); "
+                                    f"last error: {error}")
+
+    def _scale_for(self, item: InFrame) -> None:
+        """Estimate the input scaling from the series' first frame; fixed within the series."""
+        from noise2atom.scaling import estimate_scaling
+
+        if item.series is self._scaled_series:
+            return
+        try:
+            self.norm = estimate_scaling(item.raw)
+            self._scaled_series = item.series
+        except ValueError as e:  # e.g. a blank first frame: try again on the next one
+            self.rlog.warning("scaling", "n2a-stream: cannot scale frame seq %d of %.300s yet "
+                              "(%s); using the model's training scaling for it", item.seq,
+                              item.series.name, e)
+            self.norm = self.engine.config.normalisation
+
+    def process(self, item: InFrame) -> OutFrame | None:
+        t0 = time.perf_counter_ns()
+        queue_ns = time.time_ns() - item.t_enq_ns
+        self._scale_for(item)
+        try:
+            x = self.norm.to_model(item.raw)[None]
+            t1 = time.perf_counter_ns()
+            y = self.engine.infer(x)[0]
+        except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
+            self._failed(item, "engine_error", repr(e))
+            return None
+        if not np.isfinite(y).all():
+            n = int(y.size - np.count_nonzero(np.isfinite(y)))
+            self._failed(item, "non_finite_output", f"{n} NaN/Inf values in the output")
+            return None
+        self.failures = 0
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t3 = time.perf_counter_ns()
+        den = np.asarray(self.norm.from_model(y), dtype=np.float32)
+        t4 = time.perf_counter_ns()
+        if self.learner is not None:
+            self._offer(item, x[0])
+        return OutFrame(item=item, denoised=den, scaling=self.norm, model_id=self.model_id,
+                        timing={"queue": queue_ns, "normalise": (t1 - t0) + (t4 - t3),
+                                "denoise": t3 - t1})
+
+    def _offer(self, item: InFrame, x: np.ndarray) -> None:
+        """Give the learner the frame as the model saw it (a new series or settings: a new ring)."""
+        meta = item.series.meta
+        if meta is not self._learn_meta or self._learn_key is None or self._learn_key[0] != item.series.name:
+            self._learn_meta = meta
+            self._learn_key = (item.series.name, item.raw.shape, json.dumps(meta, sort_keys=True, default=str))
+        self.learner.offer(self._learn_key, x, meta)
+
+    def _maybe_swap(self) -> None:
+        """Between two frames: take the learner's new engine, if one is ready."""
+        swap = self.learner.take_swap() if self.learner is not None else None
+        if swap is None:
+            return
+        old, self.engine, self.model_id = self.engine, swap.engine, swap.model_id
+        self.stats.counts.add("model_swaps")
+        log.info("n2a-stream: now denoising with model %s (%s)", swap.model_id, swap.reason)
+        old.__exit__(None, None, None)
+
+    def work(self) -> None:
+        while not self.stop_event.is_set():
+            item = self.inq.get(timeout=0.05)
+            if item is None:
+                if self.input_done.is_set():
+                    break  # input stopped and the queue is empty
+                continue
+            if isinstance(item, EndMarker):
+                if not self._put(item, marker=True):
+                    return
+                continue
+            self._maybe_swap()
+            out = self.process(item)
+            if out is not None and not self._put(out):
+                return

@@ -1,0 +1,99 @@
+"""``n2a-watch DIR``: the command line of :class:`streamer.watch.FolderWatcher`.
+
+Prints one JSON line naming the bound endpoint, a status line on stderr every
+``--status-interval`` seconds, and one JSON summary line when stopped (SIGINT/SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from .security import CurveKeyError, CurveKeys
+from .watch import FolderWatcher
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="n2a-watch",
+        description="Publish the frames an acquisition program saves into a folder "
+                    "(DM3/DM4/EMD/SER/TIFF/HDF5) over n2a's protocol v1, each complete file once.")
+    p.add_argument("folder", help="the folder the acquisition program saves into")
+    p.add_argument("--existing", choices=["send", "skip"], default="send",
+                   help="files already in the folder: send them (oldest first; default) or skip")
+    p.add_argument("--poll", type=float, default=0.25, help="seconds between polls (0.25)")
+    p.add_argument("--stable-polls", type=int, default=2,
+                   help="polls a file must stay unchanged before it is read (2)")
+    p.add_argument("--reject-after", type=float, default=5.0,
+                   help="seconds a stable file may fail to read before it is rejected (5)")
+    p.add_argument("--series", help="series name (default: watch-<time>)")
+    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
+    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
+    p.add_argument("--wait-subscribers", type=int, default=1,
+                   help="PUB: read nothing while fewer subscribers are connected (default 1)")
+    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
+    p.add_argument("--status-interval", type=float, default=1.0,
+                   help="seconds between status lines on stderr (0: none)")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``n2a-watch``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
+    if args.port < 0 or args.port > 65535:
+        parser.error(f"--port must be 0..65535 (got {args.port})")
+    keys = None
+    if args.curve_keys:
+        try:
+            keys = CurveKeys.load(args.curve_keys)
+        except CurveKeyError as e:
+            parser.error(str(e))
+    try:
+        watcher = FolderWatcher(args.folder, existing=args.existing, poll_interval_s=args.poll,
+                                stable_polls=args.stable_polls, reject_after_s=args.reject_after,
+                                series=args.series, pattern=args.pattern, host=args.host,
+                                port=args.port, address=args.address,
+                                wait_subscribers=args.wait_subscribers, curve_keys=keys)
+    except (NotADirectoryError, ValueError) as e:
+        parser.error(str(e))
+    try:
+        endpoint = watcher.bind()
+    except OSError as e:
+        print(f"n2a-watch: {e}", file=sys.stderr)
+        watcher.close()
+        return 2
+    print(json.dumps({"endpoint": endpoint, "port": watcher.port, "pattern": args.pattern,
+                      "series": watcher.series, "folder": str(watcher.folder)}), flush=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        watcher.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    watcher.start()
+    status = 0
+    try:
+        while not watcher.stop_event.wait(args.status_interval or 1.0):
+            watcher.maybe_raise()
+            if args.status_interval:
+                print(watcher.status_line(), file=sys.stderr, flush=True)
+        watcher.close()
+    except (RuntimeError, TimeoutError) as e:
+        print(f"n2a-watch: {e}", file=sys.stderr, flush=True)
+        watcher.close(raise_error=False)  # reported already
+        status = 1
+    print(watcher.status_line(), file=sys.stderr, flush=True)
+    print(json.dumps(watcher.summary()), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
