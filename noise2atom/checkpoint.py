@@ -239,9 +239,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(config=config, state_dict=state)
 
 
-def load_generator(path: str | os.PathLike) -> tuple[ModelConfig, torch.nn.Module]:
-    """Load a checkpoint into a fresh generator of its size, in eval mode."""
-    ckpt = load_checkpoint(path)
+def load_generator(path: str | os.PathLike | Checkpoint) -> tuple[ModelConfig, torch.nn.Module]:
+    """Load a checkpoint (a file, or one already read) into a fresh generator of its size, in eval mode."""
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    path = "checkpoint" if isinstance(path, Checkpoint) else path
     generator = build_generator(ckpt.config.size)
     expected = generator.state_dict()
     missing = sorted(set(expected) - set(ckpt.state_dict))
