@@ -21,7 +21,8 @@ __all__ = ["open_engine"]
 log = logging.getLogger(__name__)
 
 
-def open_engine(checkpoint: str | Path, config: EngineConfig | Backend | None = None, **fields: Any) -> Engine:
+def open_engine(checkpoint: str | Path, config: EngineConfig | Backend | None = None,
+                **fields: Any) -> Engine:
     """Make the engine for a checkpoint (not yet entered: use it in a ``with`` block).
 
     Parameters
@@ -76,7 +77,8 @@ def _resolve(cfg: EngineConfig):
     selection = select_backend(cfg.device, cfg.precision)
     unused = tuple(cfg.not_taken_by(selection.backend))
     if unused:
-        log.info("engine auto chose %s, which does not take %s: left out", selection.backend, ", ".join(unused))
+        log.info("engine auto chose %s, which does not take %s: left out", selection.backend,
+                 ", ".join(unused))
     chosen = {k: v for k, v in selection.options.items() if k not in cfg.model_fields_set}
     update = {"backend": selection.backend, "device": selection.device, **chosen}
     return cfg.model_copy(update=update), selection, unused

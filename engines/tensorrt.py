@@ -8,8 +8,8 @@ device buffers sized for the profile's largest frame. Tensor addresses are bound
 is made; only the input shape is set again, and only when it changes. A batch is spread over the
 slots round-robin: while slot 0 computes frame i, slot 1 copies frame i+1 in, so host<->device
 copies overlap compute. Every CUDA runtime call goes through :func:`cuda_call`, which turns an error
-code into an exception. Plans come from `engines.tensorrt_build` (cached; built on first use); the libraries are
-imported through `engines.tensorrt_lib`.
+code into an exception. Plans come from `engines.tensorrt_build` (cached; built on first use);
+the libraries are imported through `engines.tensorrt_lib`.
 """
 from __future__ import annotations
 

@@ -155,8 +155,9 @@ def _pin_norms_fp32(trt, network) -> int:
 
 
 def ensure_plan(
-    checkpoint: str | Path, *, precision: str = _DEFAULTS.precision, profile: ShapeProfile = _DEFAULTS.profile,
-    streams: int = _DEFAULTS.streams, device_id: int = 0, rebuild: bool = False, sha256: str | None = None,
+    checkpoint: str | Path, *, precision: str = _DEFAULTS.precision,
+    profile: ShapeProfile = _DEFAULTS.profile, streams: int = _DEFAULTS.streams, device_id: int = 0,
+    rebuild: bool = False, sha256: str | None = None,
 ) -> Path:
     """Return the cached plan for a checkpoint, building (and caching) it first if needed.
 

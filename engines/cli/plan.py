@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import get_args
 
 from ..base import Precision
-from ..config import EngineConfig, ShapeProfile
+from ..config import EngineConfig
 from ..tensorrt_build import ensure_plan
 
 __all__ = ["main"]
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        config = EngineConfig.of(None, backend="tensorrt", device=f"cuda:{args.device}", precision=args.precision,
-                                 profile=ShapeProfile(min=args.min, opt=args.opt, max=args.max),
-                                 streams=args.streams)
+        config = EngineConfig.of(None, backend="tensorrt", device=f"cuda:{args.device}",
+                                 precision=args.precision, streams=args.streams,
+                                 profile=dict(min=args.min, opt=args.opt, max=args.max))
         path = ensure_plan(args.checkpoint, precision=config.precision, profile=config.profile,
                            streams=config.streams, device_id=args.device, rebuild=args.rebuild)
     except Exception as e:  # one line for the console; the traceback is for bugs

@@ -97,3 +97,13 @@ def test_n2a_denoise_takes_its_engine_defaults_from_engine_config():
     args = _parser().parse_args(["in.tif", "--out", "o.tif", "--threads", "0"])
     with pytest.raises(EngineError, match=r"expected threads >= 1 \(got 0\)"):
         _engine_config(args)
+
+
+def test_the_plan_builder_checks_its_settings_before_building(capsys, lite_checkpoint):
+    from engines.cli.plan import main
+
+    assert main([str(lite_checkpoint), "--min", "512x512", "--opt", "256x256"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: expected 5 <= min <= opt <= max per axis (got (512, 512), (256, 256)")
+    assert main([str(lite_checkpoint), "--streams", "0"]) == 2
+    assert "expected streams >= 1 (got 0)" in capsys.readouterr().err

@@ -40,3 +40,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, half_then_fail)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+def test_doctests():
+    import doctest
+
+    import noise2atom.files
+
+    result = doctest.testmod(noise2atom.files)
+    assert result.attempted > 0 and result.failed == 0, result
