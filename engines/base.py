@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from noise2atom.files import file_sha256
+
 if TYPE_CHECKING:  # the checkpoint module imports torch; keep `import engines` light
-    from noise2atom.checkpoint import ModelConfig
+    from noise2atom.checkpoint import Checkpoint, ModelConfig
+
+    from .config import EngineConfig
 
 __all__ = [
     "BackendUnavailableError",
@@ -105,13 +109,25 @@ class Engine(abc.ABC):
         Where it runs, e.g. ``"cpu"`` or ``"cuda:0"``.
     precision
         ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+    sha256
+        The checkpoint file's sha256 when the caller has it (`open_engine` does); else hashed
+        on first use.
+    weights
+        The checkpoint as already read (`open_engine` reads it once, for its config): the back
+        end builds from it instead of reading the file again, then lets it go.
     """
 
     backend: str = "base"
     selection = None  # set by open_engine(backend="auto"): an engines.select.Selection
+    #: The `EngineConfig` this engine was opened with, back end and device resolved (set by
+    #: `open_engine`; None for an engine made directly).
+    engine_config: EngineConfig | None = None
+    #: Options of ``engine_config`` that the back end ``auto`` chose does not take (left out).
+    unused_options: tuple[str, ...] = ()
 
     def __init__(
-        self, *, checkpoint: str | Path, config: ModelConfig, device: str, precision: Precision
+        self, *, checkpoint: str | Path, config: ModelConfig, device: str, precision: Precision,
+        sha256: str | None = None, weights: Checkpoint | None = None,
     ) -> None:
         self.checkpoint = Path(checkpoint)
         self.config = config
@@ -119,7 +135,8 @@ class Engine(abc.ABC):
         self.precision = precision
         self._active = False
         self._closed = False
-        self._sha256: str | None = None
+        self._sha256 = sha256
+        self._weights = weights
 
     # -- public lifecycle ------------------------------------------------------------------
     @property
@@ -195,10 +212,14 @@ class Engine(abc.ABC):
     def checkpoint_sha256(self) -> str:
         """sha256 of the checkpoint file (hashed once; keys the ONNX and plan caches)."""
         if self._sha256 is None:
-            from .export import file_sha256
-
             self._sha256 = file_sha256(self.checkpoint)
         return self._sha256
+
+    def _take_weights(self) -> Checkpoint | None:
+        """The checkpoint as read by `open_engine`, the first time only (then dropped, so an
+        engine does not hold a second copy of its weights); None after that: read the file."""
+        weights, self._weights = self._weights, None
+        return weights
 
     @property
     def model_id(self) -> str:
@@ -216,6 +237,8 @@ class Engine(abc.ABC):
         info.update(self._describe())
         if self.selection is not None:
             info["selected"] = self.selection.message()
+        if self.unused_options:
+            info["unused_options"] = ",".join(self.unused_options)
         return info
 
     def __repr__(self) -> str:

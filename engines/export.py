@@ -6,11 +6,8 @@ graph). The checkpoint's sha256 is stored in the ONNX ``metadata_props``, so an 
 from another model is refused instead of silently run. Nodes that belong to normalisation layers are
 renamed with the prefix :data:`FP32_PREFIX`, so the TensorRT builder can keep them in fp32.
 
-Every cache file n2a writes (this ONNX export, TensorRT plans and timing caches) gets a sidecar
-``<file>.sha256`` (``sha256sum`` format) with the hash of the bytes as they were written, put in
-place before the file itself is renamed into place. A cached file is used only when its bytes match
-that recorded hash (:func:`cache_problem`, :func:`read_cached`), never on the strength of a hash it
-declares itself; a corrupt or tampered file, or one without a sidecar, is rebuilt with a warning.
+The export is a cache file (`engines.cache`): it is reused only when its bytes match the hash
+recorded when it was written.
 
 We use the torch.export-based exporter (``dynamo=True``, the default since PyTorch 2.9; it needs
 ``onnxscript``): the TorchScript exporter also handles the dynamic padding but is deprecated.
@@ -18,30 +15,29 @@ We use the torch.export-based exporter (``dynamo=True``, the default since PyTor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from noise2atom.files import file_sha256
 
 from .base import EngineBuildError
+from .cache import cache_dir, cache_problem, write_cached_with
+
+if TYPE_CHECKING:
+    from noise2atom.checkpoint import Checkpoint
 
 __all__ = [
     "FP32_PREFIX",
     "INPUT_NAME",
     "OPSET",
     "OUTPUT_NAME",
-    "cache_dir",
-    "cache_problem",
     "check_onnx_model",
     "export_onnx",
-    "file_sha256",
     "frames_wrapper",
     "onnx_metadata",
-    "read_cached",
-    "sidecar_path",
-    "write_cached",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,109 +51,6 @@ FP32_PREFIX = "n2a_fp32/"
 _META_SHA = "n2a.checkpoint_sha256"
 _META_SIZE = "n2a.model_size"
 _META_LAYOUT = "n2a.layout"
-_CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """The n2a cache folder: ``$N2A_CACHE`` or ``~/.cache/n2a``."""
-    return Path(os.environ.get("N2A_CACHE") or Path.home() / ".cache" / "n2a")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """Where the recorded content hash of a cache file lives: ``<file>.sha256``."""
-    path = Path(path)
-    return path.with_name(path.name + ".sha256")
-
-
-def _recorded_sha(path: Path) -> tuple[str | None, str | None]:
-    """(the hash recorded for ``path``, or None and why not)."""
-    side = sidecar_path(path)
-    try:
-        text = side.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return None, f"has no recorded hash (expected {side.name})"
-    except (OSError, UnicodeDecodeError) as e:
-        return None, f"has an unreadable recorded hash {side.name} ({e})"
-    sha = text.split(" ", 1)[0].strip()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        return None, f"has a malformed recorded hash in {side.name} (got {text[:80]!r})"
-    return sha, None
-
-
-def cache_problem(path: str | Path) -> str | None:
-    """Why the cache file ``path`` must not be used (``None``: its bytes match the recorded hash)."""
-    path = Path(path)
-    sha, why = _recorded_sha(path)
-    if why is not None:
-        return why
-    got = file_sha256(path)
-    if got != sha:
-        return (f"does not match the hash recorded when it was built (expected sha256 {sha[:16]}…, "
-                f"got {got[:16]}…): corrupt or changed since")
-    return None
-
-
-def read_cached(path: str | Path) -> bytes:
-    """The bytes of a cache file, checked against its recorded hash (one read: what is checked is
-    what is returned).
-
-    Raises
-    ------
-    EngineBuildError
-        When the file has no recorded hash or its bytes do not match it.
-    """
-    path = Path(path)
-    sha, why = _recorded_sha(path)
-    data = path.read_bytes()
-    if why is None and hashlib.sha256(data).hexdigest() != sha:
-        why = (f"does not match the hash recorded when it was built (expected sha256 {sha[:16]}…, "
-               f"got {hashlib.sha256(data).hexdigest()[:16]}…): corrupt or changed since")
-    if why is not None:
-        raise EngineBuildError(f"cache file {path} {why}")
-    return data
-
-
-def _replace_with_sidecar(tmp: Path, path: Path, sha: str) -> None:
-    """Record ``sha`` for ``path`` (atomically), then move ``tmp`` into place."""
-    side = sidecar_path(path)
-    fd, side_tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{side.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(f"{sha}  {path.name}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(side_tmp, side)
-    except BaseException:
-        Path(side_tmp).unlink(missing_ok=True)
-        raise
-    # A crash between the two renames leaves a sidecar that does not match: the file is rebuilt.
-    os.replace(tmp, path)
-
-
-def write_cached(path: str | Path, data: bytes) -> Path:
-    """Write a cache file and its recorded hash, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace_with_sidecar(Path(tmp), path, hashlib.sha256(data).hexdigest())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cached_path(checkpoint: Path, sha: str) -> Path:
@@ -198,7 +91,8 @@ def check_onnx_model(onnx_path: str | Path, checkpoint_sha: str) -> None:
         )
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
+def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force: bool = False,
+                sha256: str | None = None, weights: Checkpoint | None = None) -> Path:
     """Export a checkpoint's generator to ONNX, or return the cached export.
 
     Parameters
@@ -212,6 +106,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force:
         warning) and the checkpoint hash in its metadata matches.
     force
         Export again even if the file exists.
+    sha256, weights
+        The checkpoint's hash and contents when the caller has read them already (`open_engine`
+        does), so the file is not hashed or read again here.
 
     Returns
     -------
@@ -219,9 +116,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force:
         The checked ONNX file.
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
+    if (weights is None or sha256 is None) and not checkpoint.is_file():
         raise EngineBuildError(f"checkpoint not found: expected a file (got {checkpoint})")
-    sha = file_sha256(checkpoint)
+    sha = sha256 or file_sha256(checkpoint)
     target = Path(out) if out is not None else _cached_path(checkpoint, sha)
     if target.exists() and not force:
         why = cache_problem(target)
@@ -230,61 +127,64 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, force:
             log.debug("reusing ONNX export %s", target)
             return target
         log.warning("ONNX export %s %s; exporting it again", target, why)
-    _export(checkpoint, sha, target)
+    _export(checkpoint, sha, target, weights)
     return target
 
 
-def _export(checkpoint: Path, sha: str, target: Path) -> None:
+def _export(checkpoint: Path, sha: str, target: Path, weights: Checkpoint | None) -> None:
+    """Trace, adjust, label, check and write (as a cache file) the ONNX graph of the generator."""
     import onnx
-    import torch
 
     from noise2atom.checkpoint import load_generator
 
-    config, generator = load_generator(checkpoint)
-    norm_classes = _norm_class_paths(generator)
-    wrapper = frames_wrapper(generator).eval()
-    example = torch.zeros(1, 64, 64)
-    dims = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    config, generator = load_generator(weights if weights is not None else checkpoint)
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
-            # The exporter warns about its own internals (deprecated torch APIs it still calls)
-            # and logs that torchvision's ops are not registered; neither concerns our graph.
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper,
-                (example,),
-                dynamo=True,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=(dims,),
-                external_data=False,
-                verbose=False,
-            )
-        model = program.model_proto
+        model = _trace(generator)
         _stage_wide_means(model)
-        _mark_fp32_nodes(model, norm_classes)
-        for key, value in (
-            (_META_SHA, sha),
-            (_META_SIZE, str(config.size)),
-            (_META_LAYOUT, "frames (N, H, W) float32 in [-1, 1] -> denoised (N, H, W)"),
-        ):
-            prop = model.metadata_props.add()
-            prop.key, prop.value = key, value
+        _mark_fp32_nodes(model, _norm_class_paths(generator))
+        _label(model, sha=sha, size=config.size)
         onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, tmp)
-        _replace_with_sidecar(Path(tmp), target, file_sha256(tmp))
+        write_cached_with(target, lambda tmp: onnx.save(model, str(tmp)))
     except EngineBuildError:
         raise
     except Exception as e:
         raise EngineBuildError(f"ONNX export of {checkpoint} failed: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("exported %s -> %s", checkpoint, target)
+
+
+def _trace(generator):
+    """The generator as an ONNX ``ModelProto`` (frames (N, H, W) -> denoised, all axes dynamic)."""
+    import torch
+
+    wrapper = frames_wrapper(generator).eval()
+    dims = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
+        # The exporter warns about its own internals (deprecated torch APIs it still calls)
+        # and logs that torchvision's ops are not registered; neither concerns our graph.
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            (torch.zeros(1, 64, 64),),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=(dims,),
+            external_data=False,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _label(model, *, sha: str, size: str) -> None:
+    """Record which checkpoint the graph comes from (checked by :func:`check_onnx_model`)."""
+    for key, value in (
+        (_META_SHA, sha),
+        (_META_SIZE, str(size)),
+        (_META_LAYOUT, "frames (N, H, W) float32 in [-1, 1] -> denoised (N, H, W)"),
+    ):
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
 
 
 @contextlib.contextmanager
@@ -305,57 +205,74 @@ def _stage_wide_means(model) -> int:
     reduction naively in float32: over 64 x 512 x 512 values the normalisation's mean was off by
     enough to move the paper generator's output by 6e-4. Staged, the error stays near 1e-6.
     """
-    import numpy as np
     import onnx
-    from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-
-    def axes_of(name: str):
-        if name in inits:
-            return numpy_helper.to_array(inits[name]).tolist()
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t).tolist()
-        return None
-
-    def add_axes(name: str, values: list[int]) -> str:
-        if name not in inits:
-            graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
-            inits[name] = graph.initializer[-1]
-        return name
-
+    constants = _Constants(graph)
     new_nodes, staged = [], 0
     for node in graph.node:
-        keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
-        if (
-            node.op_type == "ReduceMean"
-            and keep == 1
-            and len(node.input) == 2
-            and axes_of(node.input[1]) in ([1, 2, 3], [-3, -2, -1])
-        ):
-            mid = f"{node.output[0]}__n2a_spatial_mean"
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            new_nodes.append(helper.make_node(
-                "ReduceMean", [node.input[0], add_axes("n2a_axes_hw", [2, 3])], [mid],
-                name=f"{node.name}__spatial", **attrs))
-            new_nodes.append(helper.make_node(
-                "ReduceMean", [mid, add_axes("n2a_axes_c", [1])], list(node.output),
-                name=f"{node.name}__channel", **attrs))
-            for p in node.metadata_props:  # keep the exporter's scope info for fp32 marking
-                for n in new_nodes[-2:]:
-                    n.metadata_props.add(key=p.key, value=p.value)
+        if _is_wide_mean(node, constants):
+            new_nodes.extend(_staged_mean(node, constants))
             staged += 1
         else:
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
     used = {name for node in graph.node for name in node.input}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for t in unused:  # the replaced (1, 2, 3) axes; ORT would warn about each one
-        graph.initializer.remove(t)
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)  # the replaced (1, 2, 3) axes; ORT would warn about each one
     onnx.checker.check_model(model)
+    return staged
+
+
+class _Constants:
+    """The graph's constant int tensors (initializers and Constant nodes), read and added by name."""
+
+    def __init__(self, graph) -> None:
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def values(self, name: str):
+        from onnx import numpy_helper
+
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name]).tolist()
+        if name in self.nodes:
+            return numpy_helper.to_array(self.nodes[name].attribute[0].t).tolist()
+        return None
+
+    def add(self, name: str, values: list[int]) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        if name not in self.inits:
+            self.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+            self.inits[name] = self.graph.initializer[-1]
+        return name
+
+
+def _is_wide_mean(node, constants: _Constants) -> bool:
+    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    return (node.op_type == "ReduceMean" and keep == 1 and len(node.input) == 2
+            and constants.values(node.input[1]) in ([1, 2, 3], [-3, -2, -1]))
+
+
+def _staged_mean(node, constants: _Constants) -> list:
+    """The two ReduceMean nodes that replace ``node``: over (H, W), then over C."""
+    from onnx import helper
+
+    mid = f"{node.output[0]}__n2a_spatial_mean"
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    staged = [
+        helper.make_node("ReduceMean", [node.input[0], constants.add("n2a_axes_hw", [2, 3])], [mid],
+                         name=f"{node.name}__spatial", **attrs),
+        helper.make_node("ReduceMean", [mid, constants.add("n2a_axes_c", [1])], list(node.output),
+                         name=f"{node.name}__channel", **attrs),
+    ]
+    for p in node.metadata_props:  # keep the exporter's scope info for fp32 marking
+        for n in staged:
+            n.metadata_props.add(key=p.key, value=p.value)
     return staged
 
 

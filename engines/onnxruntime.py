@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import BackendUnavailableError, Engine, EngineError, Precision
+from .cache import cache_dir
+from .config import EngineConfig
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx_model, export_onnx
 
 __all__ = ["OnnxRuntimeEngine", "available_providers", "fix_input_shape", "input_dim_names"]
+
+_DEFAULTS = EngineConfig()
 
 
 def _ort():
@@ -80,15 +84,16 @@ class OnnxRuntimeEngine(Engine):
         checkpoint: str | Path,
         config,
         device: str = "cpu",
-        precision: Precision = "fp32",
-        onnx_path: str | Path | None = None,
-        threads: int | None = None,
-        spin: bool = False,
-        cuda_graph: bool | None = None,
-        max_shapes: int = 4,
-        tensorrt_provider: bool = False,
+        precision: Precision = _DEFAULTS.precision,
+        onnx_path: str | Path | None = _DEFAULTS.onnx_path,
+        threads: int | None = _DEFAULTS.threads,
+        spin: bool = _DEFAULTS.spin,
+        cuda_graph: bool | None = _DEFAULTS.cuda_graph,
+        max_shapes: int = _DEFAULTS.max_shapes,
+        tensorrt_provider: bool = _DEFAULTS.tensorrt_provider,
+        **common,
     ) -> None:
-        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision)
+        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision, **common)
         if device != "cpu" and not device.startswith("cuda"):
             raise EngineError(f"onnxruntime engine runs on 'cpu' or 'cuda[:N]' (got device {device!r})")
         if precision not in ("fp32", "fp16"):
@@ -156,8 +161,9 @@ class OnnxRuntimeEngine(Engine):
 
     def _activate(self) -> None:
         ort = _ort()
+        weights = self._take_weights()
         if self.onnx_path is None:
-            path = export_onnx(self.checkpoint)
+            path = export_onnx(self.checkpoint, sha256=self.checkpoint_sha256, weights=weights)
         else:
             check_onnx_model(self.onnx_path, self.checkpoint_sha256)
             path = self.onnx_path
@@ -289,8 +295,6 @@ def _usable_cores() -> int:
 
 
 def _trt_cache() -> Path:
-    from .export import cache_dir
-
     path = cache_dir() / "ort-trt"
     path.mkdir(parents=True, exist_ok=True)
     return path

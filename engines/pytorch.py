@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, Precision
+from .config import EngineConfig
 
 __all__ = ["PyTorchEngine"]
+
+_DEFAULTS = EngineConfig()
+
 
 class PyTorchEngine(Engine):
     """The generator run by PyTorch.
@@ -57,13 +61,15 @@ class PyTorchEngine(Engine):
         checkpoint: str | Path,
         config,
         device: str = "cpu",
-        precision: Precision = "fp32",
-        cuda_graph: bool = False,
-        compile: bool = False,
-        max_shapes: int = 4,
-        threads: int | None = None,
+        precision: Precision = _DEFAULTS.precision,
+        cuda_graph: bool | None = _DEFAULTS.cuda_graph,
+        compile: bool = _DEFAULTS.compile,
+        max_shapes: int = _DEFAULTS.max_shapes,
+        threads: int | None = _DEFAULTS.threads,
+        **common,
     ) -> None:
-        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision)
+        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision, **common)
+        cuda_graph = bool(cuda_graph)  # None (the EngineConfig default): off unless asked
         on_cuda = device.startswith("cuda")
         if not on_cuda and device != "cpu":
             raise EngineError(f"pytorch engine runs on 'cpu' or 'cuda[:N]' (got device {device!r})")
@@ -99,7 +105,7 @@ class PyTorchEngine(Engine):
         self._torch = torch
         if self.threads is not None and not self.device.startswith("cuda"):
             torch.set_num_threads(self.threads)
-        _, generator = load_generator(self.checkpoint)
+        _, generator = load_generator(self._take_weights() or self.checkpoint)
         fn = self._forward
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():

@@ -1,29 +1,71 @@
-"""``--engine auto``: the fastest back end installed here, and why not each faster one.
+"""What can run here, and ``--engine auto``: the fastest back end installed, and why not each faster one.
 
 Candidates, fastest first (design.md §5): TensorRT; PyTorch on CUDA compiled (``torch.compile``,
 needs Triton) with CUDA graphs; ONNX Runtime's CUDA provider with CUDA graphs; PyTorch on CUDA
 with CUDA graphs, not compiled; ONNX Runtime on the CPU; PyTorch on the CPU. The first that can
 run here wins; every one before it is named with the reason it could not.
+``python -m engines.cli.select`` prints the choice and the reasons (what ``gpu-check`` records first).
 
-    python -m engines.select [--device cpu|cuda[:N]] [--precision fp32|fp16|bf16]
-
-prints the choice and the reasons (what the `gpu-check` script records first).
+Importing this module is cheap: torch, onnxruntime and TensorRT are imported only when asked about.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .base import BackendUnavailableError
 
-__all__ = ["Selection", "TENSORRT_INSTALL", "select_backend"]
+__all__ = ["Availability", "Selection", "cuda_available", "select_backend", "tensorrt_available",
+           "torch_build"]
 
-# TensorRT's libraries are not on PyPI: the PyPI packages are stubs that fetch from NVIDIA's index.
-TENSORRT_INSTALL = (
-    "TensorRT comes from NVIDIA's package index, not PyPI: "
-    "pip install --extra-index-url https://pypi.nvidia.com tensorrt cuda-python"
-)
+
+class Availability(NamedTuple):
+    """Whether a back end can be used, and if not, why; true only when it can.
+
+    A plain ``(ok, why)`` tuple is always true, so ``if not tensorrt_available():`` never fired;
+    this one is as true as ``ok`` and still unpacks as ``ok, why = ...``.
+
+    >>> bool(Availability(False, "no tensorrt")), bool(Availability(True, ""))
+    (False, True)
+    """
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return bool(self.ok)
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device."""
+    try:
+        import torch
+    except (ImportError, OSError):
+        return False
+    return torch.cuda.is_available()
+
+
+def torch_build() -> str:
+    """``"torch 2.x"``, or why torch does not import."""
+    try:
+        import torch
+    except (ImportError, OSError) as e:
+        return f"no torch ({e})"
+    return f"torch {torch.__version__}"
+
+
+def tensorrt_available() -> Availability:
+    """``Availability(True, "")`` when TensorRT and cuda-python import, else what is missing."""
+    from .tensorrt_lib import TENSORRT_INSTALL, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except BackendUnavailableError as e:
+        cause = e.__cause__ if e.__cause__ is not None else e  # the import error itself
+        return Availability(False, f"tensorrt back end needs TensorRT >= 10 and cuda-python "
+                                   f"({TENSORRT_INSTALL}) (got: {cause})")
+    return Availability(True, "")
 
 
 @dataclass(frozen=True)
@@ -55,10 +97,10 @@ def _torch_cuda() -> tuple[bool, str]:
     return True, ""
 
 
-def _triton() -> tuple[bool, str]:
+def _triton() -> str:
     if importlib.util.find_spec("triton") is None:
-        return False, "torch.compile on CUDA needs Triton (got none; it comes with CUDA torch from PyPI)"
-    return True, ""
+        return "torch.compile on CUDA needs Triton (got none; it comes with CUDA torch from PyPI)"
+    return ""
 
 
 def _ort_providers() -> tuple[list[str] | None, str]:
@@ -69,6 +111,62 @@ def _ort_providers() -> tuple[list[str] | None, str]:
     return list(onnxruntime.get_available_providers()), ""
 
 
+@dataclass(frozen=True)
+class _Here:
+    """What this machine has, asked once per selection."""
+
+    device: str | None
+    precision: str
+    cuda_why: str  # "" when torch sees a CUDA device (and the CPU was not asked for)
+    providers: list[str] | None
+    ort_why: str
+
+    @property
+    def gpu_blocked(self) -> str:
+        return "device 'cpu' asked for" if self.device == "cpu" else ""
+
+
+# Each GPU candidate: (name in messages, back end, options, label, why it cannot run here or "").
+def _gpu_candidates(here: _Here):
+    def tensorrt() -> str:
+        ok, why = tensorrt_available()
+        return why if not ok else here.cuda_why
+
+    def ort_cuda() -> str:
+        if here.ort_why:
+            return here.ort_why
+        if "CUDAExecutionProvider" not in here.providers:
+            return (f"the installed onnxruntime has no CUDA execution provider (got "
+                    f"{', '.join(here.providers)}; install onnxruntime-gpu in its place)")
+        return "runs fp32 or fp16 (got bf16)" if here.precision == "bf16" else ""
+
+    yield "tensorrt", "tensorrt", {}, "tensorrt", tensorrt
+    yield ("pytorch-cuda compiled", "pytorch", {"compile": True, "cuda_graph": True},
+           "pytorch-cuda (compiled, CUDA graphs)", lambda: here.cuda_why or _triton())
+    yield ("onnxruntime-cuda", "onnxruntime", {"cuda_graph": True}, "onnxruntime-cuda (CUDA graphs)",
+           ort_cuda)
+    yield ("pytorch-cuda eager", "pytorch", {"cuda_graph": True}, "pytorch-cuda (eager, CUDA graphs)",
+           lambda: here.cuda_why)
+
+
+def _cpu_choice(here: _Here, skipped: list[tuple[str, str]]) -> Selection | None:
+    """ONNX Runtime on the CPU, else PyTorch on the CPU (both fp32 only); None: neither."""
+    fp32_why = "" if here.precision == "fp32" else f"runs fp32 only on the CPU (got {here.precision})"
+    why = here.ort_why or fp32_why
+    if not why:
+        return Selection("onnxruntime", "cpu", {}, "onnxruntime-cpu", tuple(skipped))
+    skipped.append(("onnxruntime-cpu", why))
+    if fp32_why:
+        skipped.append(("pytorch-cpu", fp32_why))
+        return None
+    try:
+        import torch  # noqa: F401
+    except (ImportError, OSError) as e:
+        skipped.append(("pytorch-cpu", f"torch does not import ({e})"))
+        return None
+    return Selection("pytorch", "cpu", {}, "pytorch-cpu", tuple(skipped))
+
+
 def select_backend(device: str | None = None, precision: str = "fp32") -> Selection:
     """Pick the fastest back end that can run here for ``device`` (None: any) and ``precision``.
 
@@ -77,93 +175,23 @@ def select_backend(device: str | None = None, precision: str = "fp32") -> Select
     BackendUnavailableError
         None can: the message names every candidate and why not.
     """
-    from . import tensorrt_available
-
-    want_cpu = device == "cpu"
     want_cuda = device is not None and device.startswith("cuda")
-    cuda_dev = device if want_cuda else "cuda:0"
-    cuda_ok, cuda_why = _torch_cuda() if not want_cpu else (False, "")
+    cuda_ok, cuda_why = _torch_cuda() if device != "cpu" else (False, "")
     providers, ort_why = _ort_providers()
+    here = _Here(device, precision, "" if cuda_ok else cuda_why, providers, ort_why)
     skipped: list[tuple[str, str]] = []
-
-    def gpu_blocked() -> str:
-        if want_cpu:
-            return "device 'cpu' asked for"
-        return ""
-
-    # 1. TensorRT
-    why = gpu_blocked()
-    if not why:
-        ok, why = tensorrt_available()
-        if ok and not cuda_ok:
-            why = cuda_why
-        elif ok:
-            why = ""
-    if not why:
-        return Selection("tensorrt", cuda_dev, {}, "tensorrt", tuple(skipped))
-    skipped.append(("tensorrt", why))
-
-    # 2. PyTorch CUDA, compiled, CUDA graphs
-    why = gpu_blocked() or cuda_why or _triton()[1]
-    if not why:
-        return Selection("pytorch", cuda_dev, {"compile": True, "cuda_graph": True},
-                         "pytorch-cuda (compiled, CUDA graphs)", tuple(skipped))
-    skipped.append(("pytorch-cuda compiled", why))
-
-    # 3. ONNX Runtime CUDA provider, CUDA graphs
-    why = gpu_blocked() or ort_why
-    if not why and "CUDAExecutionProvider" not in providers:
-        why = (f"the installed onnxruntime has no CUDA execution provider (got {', '.join(providers)}; "
-               f"install onnxruntime-gpu in its place)")
-    if not why and precision == "bf16":
-        why = "runs fp32 or fp16 (got bf16)"
-    if not why:
-        return Selection("onnxruntime", cuda_dev, {"cuda_graph": True}, "onnxruntime-cuda (CUDA graphs)",
-                         tuple(skipped))
-    skipped.append(("onnxruntime-cuda", why))
-
-    # 4. PyTorch CUDA, eager with CUDA graphs (no Triton)
-    why = gpu_blocked() or cuda_why
-    if not why:
-        return Selection("pytorch", cuda_dev, {"cuda_graph": True}, "pytorch-cuda (eager, CUDA graphs)",
-                         tuple(skipped))
-    skipped.append(("pytorch-cuda eager", why))
-
+    for name, backend, options, label, why_not in _gpu_candidates(here):
+        why = here.gpu_blocked or why_not()
+        if not why:
+            return Selection(backend, device if want_cuda else "cuda:0", options, label, tuple(skipped))
+        skipped.append((name, why))
     if want_cuda:
         raise BackendUnavailableError(
             f"device {device!r} asked for, but no CUDA back end can run here (got: "
             + "; ".join(f"{n}: {w}" for n, w in skipped) + ")")
+    choice = _cpu_choice(here, skipped)
+    if choice is None:
+        raise BackendUnavailableError("no back end can run here (got: "
+                                      + "; ".join(f"{n}: {w}" for n, w in skipped) + ")")
+    return choice
 
-    # 5. ONNX Runtime CPU, 6. PyTorch CPU
-    why = ort_why or ("" if precision == "fp32" else f"runs fp32 only on the CPU (got {precision})")
-    if not why:
-        return Selection("onnxruntime", "cpu", {}, "onnxruntime-cpu", tuple(skipped))
-    skipped.append(("onnxruntime-cpu", why))
-    if precision == "fp32":
-        try:
-            import torch  # noqa: F401
-        except (ImportError, OSError) as e:
-            skipped.append(("pytorch-cpu", f"torch does not import ({e})"))
-        else:
-            return Selection("pytorch", "cpu", {}, "pytorch-cpu", tuple(skipped))
-    else:
-        skipped.append(("pytorch-cpu", f"runs fp32 only on the CPU (got {precision})"))
-    raise BackendUnavailableError("no back end can run here (got: "
-                                  + "; ".join(f"{n}: {w}" for n, w in skipped) + ")")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engines.select", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    args = p.parse_args(argv)
-    try:
-        print(select_backend(args.device, args.precision).message())
-    except BackendUnavailableError as e:
-        print(f"engine auto: {e}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

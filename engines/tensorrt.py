@@ -8,7 +8,8 @@ device buffers sized for the profile's largest frame. Tensor addresses are bound
 is made; only the input shape is set again, and only when it changes. A batch is spread over the
 slots round-robin: while slot 0 computes frame i, slot 1 copies frame i+1 in, so host<->device
 copies overlap compute. Every CUDA runtime call goes through :func:`cuda_call`, which turns an error
-code into an exception. Plans come from `engines.tensorrt_build` (cached; built on first use).
+code into an exception. Plans come from `engines.tensorrt_build` (cached; built on first use);
+the libraries are imported through `engines.tensorrt_lib`.
 """
 from __future__ import annotations
 
@@ -17,61 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendUnavailableError, Engine, EngineBuildError, EngineError, Precision
-from .export import INPUT_NAME, OUTPUT_NAME, read_cached
+from .base import Engine, EngineBuildError, EngineError, Precision
+from .cache import read_cached
+from .config import EngineConfig, ShapeProfile
+from .export import INPUT_NAME, OUTPUT_NAME
+from .tensorrt_build import ensure_plan, plan_path
+from .tensorrt_lib import cuda_call, gpu_name, import_tensorrt
 
-__all__ = ["TensorRTEngine", "cuda_call", "gpu_name", "import_tensorrt"]
+__all__ = ["TensorRTEngine"]
 
-GPU_EXTRA = "pip install n2a[gpu]"
-
-
-def import_tensorrt():
-    """Return ``(tensorrt, cudart)`` or raise `BackendUnavailableError` naming what is missing."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as e:  # OSError: the wheel is there but its libraries are not
-        raise BackendUnavailableError(
-            f"tensorrt back end needs the TensorRT 10 Python package ({GPU_EXTRA}) (got: {e})"
-        ) from e
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise BackendUnavailableError(f"tensorrt back end needs TensorRT >= 10 (got {trt.__version__})")
-    try:
-        try:
-            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-        except ImportError:
-            from cuda import cudart  # older cuda-python
-    except (ImportError, OSError) as e:
-        raise BackendUnavailableError(
-            f"tensorrt back end needs cuda-python's cudart ({GPU_EXTRA}) (got: {e})"
-        ) from e
-    return trt, cudart
-
-
-def cuda_call(result):
-    """Check a cuda-python ``cudart`` result ``(err, *values)``; return the value(s), or None.
-
-    Every CUDA runtime call of this back end goes through here, so a failing call raises
-    `EngineError` with CUDA's own name and description of the error instead of passing silently.
-    """
-    _, cudart = import_tensorrt()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, name = cudart.cudaGetErrorName(err)
-        _, text = cudart.cudaGetErrorString(err)
-        raise EngineError(f"CUDA call failed: {name.decode()}: {text.decode()} (got error {int(err)})")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def gpu_name(device_id: int = 0) -> str:
-    """The CUDA device's name, e.g. ``"NVIDIA H100 80GB HBM3"``."""
-    _, cudart = import_tensorrt()
-    props = cuda_call(cudart.cudaGetDeviceProperties(device_id))
-    name = props.name
-    return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
-
+_DEFAULTS = EngineConfig()
 
 class _PinnedArray:
     """float32 page-locked host memory seen as a numpy array; freed by :meth:`free`."""
@@ -165,8 +121,8 @@ class TensorRTEngine(Engine):
     precision
         ``"fp32"`` (TF32 off), ``"fp16"`` or ``"bf16"`` (normalisation layers in fp32).
     profile
-        `engines.tensorrt_build.ShapeProfile`: the frame sizes the plan accepts (default 64² to
-        2048², tuned for 1024²).
+        `engines.ShapeProfile`: the frame sizes the plan accepts (default 64² to 2048², tuned
+        for 1024²).
     streams
         K, the number of frames in flight (each with its own context, stream and buffers).
     build
@@ -181,14 +137,13 @@ class TensorRTEngine(Engine):
         checkpoint: str | Path,
         config,
         device: str = "cuda:0",
-        precision: Precision = "fp32",
-        profile=None,
-        streams: int = 2,
-        build: bool = True,
+        precision: Precision = _DEFAULTS.precision,
+        profile: ShapeProfile | None = None,
+        streams: int = _DEFAULTS.streams,
+        build: bool = _DEFAULTS.build,
+        **common,
     ) -> None:
-        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision)
-        from .tensorrt_build import ShapeProfile
-
+        super().__init__(checkpoint=checkpoint, config=config, device=device, precision=precision, **common)
         if not device.startswith("cuda"):
             raise EngineError(f"tensorrt engine runs on 'cuda[:N]' (got device {device!r})")
         if precision not in ("fp32", "fp16", "bf16"):
@@ -196,7 +151,7 @@ class TensorRTEngine(Engine):
         if streams < 1:
             raise EngineError(f"expected streams >= 1 (got {streams})")
         self.device_id = int(device.partition(":")[2] or 0)
-        self.profile = profile if profile is not None else ShapeProfile()
+        self.profile = profile if profile is not None else _DEFAULTS.profile
         self.streams = streams
         self.build = build
         self._runtime = self._engine = None
@@ -204,24 +159,10 @@ class TensorRTEngine(Engine):
         self.plan_file: Path | None = None
 
     def _activate(self) -> None:
-        from .tensorrt_build import ensure_plan, plan_path
-
         trt, cudart = import_tensorrt()
         cuda_call(cudart.cudaSetDevice(self.device_id))
-        if self.build:
-            self.plan_file = ensure_plan(self.checkpoint, precision=self.precision, profile=self.profile,
-                                         streams=self.streams, device_id=self.device_id)
-        else:
-            self.plan_file = plan_path(self.checkpoint_sha256, trt.__version__, gpu_name(self.device_id),
-                                       self.precision, self.profile, self.streams)
-            if not self.plan_file.is_file():
-                raise EngineError(f"no cached TensorRT plan (expected {self.plan_file}; build it with "
-                                  f"python -m engines.tensorrt_build)")
-        try:  # the bytes checked against the hash recorded at build time are the bytes loaded
-            plan = read_cached(self.plan_file)
-        except EngineBuildError as e:
-            raise EngineError(f"{e}; not loading it: rebuild it with python -m engines.tensorrt_build "
-                              f"--rebuild CHECKPOINT") from e
+        self._take_weights()  # not needed: the plan is built from the (cached) ONNX export
+        plan = self._plan_bytes(trt)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
@@ -232,6 +173,24 @@ class TensorRTEngine(Engine):
         except Exception:
             self._deactivate()
             raise
+
+    def _plan_bytes(self, trt) -> bytes:
+        """The cached plan's bytes (built first when ``build``), checked against its recorded hash."""
+        if self.build:
+            self.plan_file = ensure_plan(self.checkpoint, precision=self.precision, profile=self.profile,
+                                         streams=self.streams, device_id=self.device_id,
+                                         sha256=self.checkpoint_sha256)
+        else:
+            self.plan_file = plan_path(self.checkpoint_sha256, trt.__version__, gpu_name(self.device_id),
+                                       self.precision, self.profile, self.streams)
+            if not self.plan_file.is_file():
+                raise EngineError(f"no cached TensorRT plan (expected {self.plan_file}; build it with "
+                                  f"python -m engines.cli.plan)")
+        try:  # the bytes checked against the hash recorded at build time are the bytes loaded
+            return read_cached(self.plan_file)
+        except EngineBuildError as e:
+            raise EngineError(f"{e}; not loading it: rebuild it with python -m engines.cli.plan "
+                              f"--rebuild CHECKPOINT") from e
 
     def _deactivate(self) -> None:
         errors = []

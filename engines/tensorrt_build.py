@@ -3,73 +3,40 @@
 Build is not run: this module holds everything that needs ``trt.Builder``; the runtime
 (`engines.tensorrt`) only deserializes the plans written here. Plans are cached under
 ``$N2A_CACHE/trt`` (default ``~/.cache/n2a/trt``), keyed by checkpoint hash, TensorRT version, GPU
-name, precision and shape profile, and written atomically so a crash never leaves half a plan; each
-plan and timing cache has a ``.sha256`` sidecar recorded at build time (``engines.export.write_cached``)
-and a file whose bytes do not match it is rebuilt, never loaded.
+name, precision, shape profile and streams, and written as cache files (`engines.cache`: atomic,
+with a ``.sha256`` sidecar; a file whose bytes do not match it is rebuilt, never loaded). The
+precision, profile and streams default to `engines.EngineConfig`'s, so a plan built ahead of time
+(``python -m engines.cli.plan``) is the one the runtime looks for.
 
 In fp16/bf16 the normalisation layers (the ONNX nodes that `engines.export` prefixed with
 ``n2a_fp32/``) are pinned to fp32 with per-layer precision and ``OBEY_PRECISION_CONSTRAINTS``:
 the per-frame mean and std of InstanceNorm-like layers are known to break in fp16.
-
-Build ahead of time (e.g. after installing a new model)::
-
-    python -m engines.tensorrt_build model.safetensors --precision fp16 --opt 1024x1024
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import re
-import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from noise2atom.files import file_sha256
 
 from .base import EngineBuildError
-from .export import (FP32_PREFIX, INPUT_NAME, cache_dir, cache_problem, export_onnx, file_sha256,
-                     read_cached, write_cached)
+from .cache import cache_dir, cache_problem, read_cached, write_cached
+from .config import EngineConfig, ShapeProfile
+from .export import FP32_PREFIX, INPUT_NAME, export_onnx
+from .tensorrt_lib import gpu_name, import_tensorrt
 
-__all__ = ["ShapeProfile", "build_plan", "ensure_plan", "plan_path"]
+__all__ = ["build_plan", "ensure_plan", "plan_path"]
 
 log = logging.getLogger(__name__)
 
 _WORKSPACE_BYTES = 4 << 30
-
-
-class ShapeProfile(BaseModel):
-    """The frame sizes a plan accepts: each slot runs one frame (batch 1) of H x W.
-
-    Examples
-    --------
-    >>> ShapeProfile(opt=(512, 512)).key
-    'b1_64x64_512x512_2048x2048'
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min: tuple[int, int] = Field(default=(64, 64), description="smallest (H, W)")
-    opt: tuple[int, int] = Field(default=(1024, 1024), description="(H, W) the kernels are tuned for")
-    max: tuple[int, int] = Field(default=(2048, 2048), description="largest (H, W); buffers are sized for it")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ShapeProfile:
-        for i in range(2):
-            if not (5 <= self.min[i] <= self.opt[i] <= self.max[i]):
-                raise ValueError(f"expected 5 <= min <= opt <= max per axis (got {self.min}, {self.opt}, {self.max})")
-        return self
-
-    @property
-    def key(self) -> str:
-        f = lambda hw: f"{hw[0]}x{hw[1]}"  # noqa: E731
-        return f"b1_{f(self.min)}_{f(self.opt)}_{f(self.max)}"
-
-    def allows(self, h: int, w: int) -> bool:
-        return self.min[0] <= h <= self.max[0] and self.min[1] <= w <= self.max[1]
+_DEFAULTS = EngineConfig()
 
 
 def plan_path(checkpoint_sha: str, trt_version: str, gpu_name: str, precision: str, profile: ShapeProfile,
-              streams: int = 1) -> Path:
+              streams: int = _DEFAULTS.streams) -> Path:
     """Where the plan for this (model, TensorRT, GPU, precision, profile, K) lives in the cache."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-")
     name = f"{checkpoint_sha[:16]}_trt{trt_version}_{gpu}_{precision}_{profile.key}_k{streams}.plan"
@@ -101,19 +68,36 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
     timing_cache
         File to read tactic timings from and write them back to (``None``: no cache).
     """
-    from .tensorrt import import_tensorrt
-
     trt, _ = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path)  # the parser owns the weights: keep it
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _WORKSPACE_BYTES)
+    _set_precision(trt, config, network, precision)
+    _add_profiles(builder, config, profile, streams)
+    cache = _load_timing_cache(config, timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT failed to build a {precision} plan for {onnx_path} with profile {profile.key} "
+            "(see the TensorRT log above)"
+        )
+    if cache is not None:
+        write_cached(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def _parse(trt, builder, logger, onnx_path):
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path} (got: {errors})")
+    return network, parser
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _WORKSPACE_BYTES)
+
+def _set_precision(trt, config, network, precision: str) -> None:
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
     elif precision in ("fp16", "bf16"):
@@ -126,35 +110,31 @@ def build_plan(onnx_path: str | Path, *, precision: str, profile: ShapeProfile, 
     else:
         raise EngineBuildError(f"expected precision fp32, fp16 or bf16 (got {precision!r})")
 
+
+def _add_profiles(builder, config, profile: ShapeProfile, streams: int) -> None:
     for _ in range(streams):
         opt = builder.create_optimization_profile()
         opt.set_shape(INPUT_NAME, (1, *profile.min), (1, *profile.opt), (1, *profile.max))
         if config.add_optimization_profile(opt) < 0:
             raise EngineBuildError(f"TensorRT rejected the optimisation profile {profile.key}")
 
-    cache = None
-    if timing_cache is not None:
-        blob = b""
-        if timing_cache.is_file():
-            try:
-                blob = read_cached(timing_cache)
-            except EngineBuildError as e:
-                log.warning("%s; starting a new timing cache", e)
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            log.warning("timing cache %s did not match this GPU/TensorRT; starting a new one", timing_cache)
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
 
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(
-            f"TensorRT failed to build a {precision} plan for {onnx_path} with profile {profile.key} "
-            "(see the TensorRT log above)"
-        )
-    if cache is not None:
-        write_cached(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
+def _load_timing_cache(config, timing_cache: Path | None):
+    """Attach the timing cache read from ``timing_cache`` (a new one if absent, bad or foreign)."""
+    if timing_cache is None:
+        return None
+    blob = b""
+    if timing_cache.is_file():
+        try:
+            blob = read_cached(timing_cache)
+        except EngineBuildError as e:
+            log.warning("%s; starting a new timing cache", e)
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("timing cache %s did not match this GPU/TensorRT; starting a new one", timing_cache)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
 
 
 def _pin_norms_fp32(trt, network) -> int:
@@ -175,14 +155,18 @@ def _pin_norms_fp32(trt, network) -> int:
 
 
 def ensure_plan(
-    checkpoint: str | Path, *, precision: str, profile: ShapeProfile, streams: int = 1, device_id: int = 0,
-    rebuild: bool = False,
+    checkpoint: str | Path, *, precision: str = _DEFAULTS.precision,
+    profile: ShapeProfile = _DEFAULTS.profile, streams: int = _DEFAULTS.streams, device_id: int = 0,
+    rebuild: bool = False, sha256: str | None = None,
 ) -> Path:
-    """Return the cached plan for a checkpoint, building (and caching) it first if needed."""
-    from .tensorrt import gpu_name, import_tensorrt
+    """Return the cached plan for a checkpoint, building (and caching) it first if needed.
 
+    The defaults are `engines.EngineConfig`'s, so a plan built with them is the one
+    ``open_engine(checkpoint, backend="tensorrt")`` loads. ``sha256``: the checkpoint's hash when
+    the caller has it already.
+    """
     trt, _ = import_tensorrt()
-    sha = file_sha256(checkpoint)
+    sha = sha256 or file_sha256(checkpoint)
     gpu = gpu_name(device_id)
     path = plan_path(sha, trt.__version__, gpu, precision, profile, streams)
     if path.is_file() and not rebuild:
@@ -190,45 +174,9 @@ def ensure_plan(
         if why is None:
             return path
         log.warning("TensorRT plan %s %s; building it again", path, why)
-    onnx_path = export_onnx(checkpoint)
+    onnx_path = export_onnx(checkpoint, sha256=sha)
     log.info("building TensorRT %s plan for %s on %s (%s); this takes minutes once", precision, checkpoint, gpu, profile.key)
     plan = build_plan(onnx_path, precision=precision, profile=profile, streams=streams,
                       timing_cache=_timing_cache_path(trt.__version__, gpu))
     write_cached(path, plan)
     return path
-
-
-def _hw(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    try:
-        return int(h), int(w or h)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected HxW like 1024x1024 (got {text!r})") from e
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.tensorrt_build``: build and cache a plan ahead of time."""
-    p = argparse.ArgumentParser(prog="python -m engines.tensorrt_build", description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
-    p.add_argument("--min", type=_hw, default=(64, 64), metavar="HxW")
-    p.add_argument("--opt", type=_hw, default=(1024, 1024), metavar="HxW")
-    p.add_argument("--max", type=_hw, default=(2048, 2048), metavar="HxW")
-    p.add_argument("--streams", type=int, default=2, help="K frames in flight (one profile each)")
-    p.add_argument("--device", type=int, default=0)
-    p.add_argument("--rebuild", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        profile = ShapeProfile(min=args.min, opt=args.opt, max=args.max)
-        path = ensure_plan(args.checkpoint, precision=args.precision, profile=profile, streams=args.streams,
-                           device_id=args.device, rebuild=args.rebuild)
-    except Exception as e:  # one line for the console; the traceback is for bugs
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

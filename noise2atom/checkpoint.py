@@ -19,7 +19,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from noise2atom.files import atomic_write, file_sha256
 from noise2atom.models import build_generator
 from noise2atom.target_sim import TargetPrior
 from noise2atom.train_options import TrainRecord
@@ -208,29 +208,13 @@ def fingerprint_frames(stacks: Iterable[np.ndarray], *, sources: Sequence[str] =
                            meta=dict(meta or {}))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` to a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig,
                     generator_state: dict[str, torch.Tensor]) -> Path:
     """Write ``generator_state`` and ``config`` to ``path`` (safetensors), atomically."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in generator_state.items()}
     meta = {CONFIG_KEY: config.model_dump_json()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
 
@@ -301,9 +285,10 @@ def _describe_errors(e: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def load_generator(path: str | os.PathLike) -> tuple[ModelConfig, torch.nn.Module]:
-    """Load a checkpoint into a fresh generator of its size, in eval mode."""
-    ckpt = load_checkpoint(path)
+def load_generator(path: str | os.PathLike | Checkpoint) -> tuple[ModelConfig, torch.nn.Module]:
+    """Load a checkpoint (a file, or one already read) into a fresh generator of its size, in eval mode."""
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    path = "checkpoint" if isinstance(path, Checkpoint) else path
     generator = build_generator(ckpt.config.size)
     expected = generator.state_dict()
     missing = sorted(set(expected) - set(ckpt.state_dict))
@@ -341,9 +326,7 @@ def model_id(source: str | os.PathLike | ModelConfig | Checkpoint) -> str:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha256(path)[:12]
     return h.hexdigest()[:12]
 
 
@@ -364,7 +347,7 @@ def train_state_path(model_path: str | os.PathLike) -> Path:
 def save_train_state(model_path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write the training-resume state next to the model, atomically."""
     path = train_state_path(model_path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

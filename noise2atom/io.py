@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from noise2atom.files import atomic_write
 
 __all__ = ["FrameReadError", "FrameStack", "read_frames", "write_stack"]
 
@@ -310,13 +311,6 @@ def write_stack(
         desc = json.dumps(meta or {})
     except (TypeError, ValueError) as e:
         raise ValueError(f"meta must be JSON-serialisable (got {type(e).__name__}: {e})") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, a.astype(np.float32, copy=False), description=desc, metadata=None,
-                         photometric="minisblack")  # a 3-frame stack is not RGB
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(p, lambda tmp: tifffile.imwrite(
+        tmp, a.astype(np.float32, copy=False), description=desc, metadata=None,
+        photometric="minisblack"))  # photometric: a 3-frame stack is not RGB

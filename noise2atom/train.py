@@ -17,7 +17,6 @@ G in the cycle update, so the data keeps the atom prior honest.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import signal
 import time
@@ -37,6 +36,7 @@ from noise2atom.checkpoint import (
     save_train_state,
     train_state_path,
 )
+from noise2atom.files import file_sha256
 from noise2atom.models import Critic, LowPass, build_generator
 from noise2atom.target_sim import TargetPrior
 from noise2atom.train_data import TrainingData
@@ -47,14 +47,6 @@ __all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError"]
 
 class ResumeError(ValueError):
     """``--resume`` cannot continue from the given files."""
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_pair(path: str | Path, config: ModelConfig, state: dict[str, Any]) -> None:
@@ -70,10 +62,10 @@ def _check_pair(path: str | Path, config: ModelConfig, state: dict[str, Any]) ->
                 f"belong together: {key} is {have!r} in the checkpoint (expected the same in the "
                 f"resume state, got {state.get(key)!r}); train again with --overwrite")
     saved = state.get("checkpoint_sha256")
-    if saved is not None and saved != _sha256(path):
+    if saved is not None and saved != file_sha256(path):
         raise ResumeError(
             f"{path}: the checkpoint was replaced after its resume state {train_state_path(path).name} "
-            f"was saved (expected checkpoint sha256 {saved[:12]}…, got {_sha256(path)[:12]}…); "
+            f"was saved (expected checkpoint sha256 {saved[:12]}…, got {file_sha256(path)[:12]}…); "
             f"train again with --overwrite")
 
 
@@ -322,7 +314,7 @@ class Trainer:
         if self.F is not None:
             state.update(F=self.F.state_dict(), D=self.D.state_dict(),
                          opt_F=self.opt_F.state_dict(), opt_D=self.opt_D.state_dict())
-        state["checkpoint_sha256"] = _sha256(path)  # ties this resume state to that very file
+        state["checkpoint_sha256"] = file_sha256(path)  # ties this resume state to that very file
         save_train_state(path, state)
         return path
 

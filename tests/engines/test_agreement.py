@@ -118,7 +118,7 @@ def _tensorrt_or_skip():
 @pytest.mark.parametrize("size", ["lite", "paper"])
 def test_tensorrt_agrees_with_onnxruntime(checkpoints, size):
     _tensorrt_or_skip()
-    from engines.tensorrt_build import ShapeProfile
+    from engines import ShapeProfile
 
     profile = ShapeProfile(min=(64, 64), opt=(512, 512), max=(512, 512))
     with engines.open_engine(checkpoints[size], "onnxruntime") as ox, \
@@ -133,7 +133,7 @@ def test_tensorrt_agrees_with_onnxruntime(checkpoints, size):
 @pytest.mark.gpu
 def test_tensorrt_fp16_keeps_norms_and_stays_close(checkpoints):
     _tensorrt_or_skip()
-    from engines.tensorrt_build import ShapeProfile
+    from engines import ShapeProfile
 
     profile = ShapeProfile(min=(64, 64), opt=(256, 256), max=(512, 512))
     frames = _frames(3, (256, 256), seed=5)

@@ -13,8 +13,9 @@ import pytest
 
 import engines
 from engines import EngineBuildError
-from engines.export import (cache_problem, export_onnx, file_sha256, read_cached, sidecar_path,
-                            write_cached)
+from engines.cache import cache_problem, read_cached, sidecar_path, write_cached
+from engines.export import export_onnx
+from noise2atom.files import file_sha256
 
 
 def _weights(path):
@@ -97,7 +98,8 @@ def test_a_tampered_tensorrt_plan_is_rebuilt_and_never_loaded(tmp_path, lite_che
     ok, why = engines.tensorrt_available()
     if not ok:
         pytest.skip(why)
-    from engines.tensorrt_build import ShapeProfile, ensure_plan
+    from engines import ShapeProfile
+    from engines.tensorrt_build import ensure_plan
 
     profile = ShapeProfile(min=(64, 64), opt=(64, 64), max=(128, 128))
     plan = ensure_plan(lite_checkpoint, precision="fp32", profile=profile, streams=1)

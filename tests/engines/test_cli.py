@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 import engines
-from engines.cli import main
+from engines.cli.denoise import main
 from noise2atom.checkpoint import model_id
 from noise2atom.scaling import estimate_scaling
 

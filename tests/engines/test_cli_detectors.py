@@ -13,7 +13,7 @@ from scipy import ndimage
 import engines
 from detector_styles import (STYLES, clean_series, detector_styles, mean_correlation, shared_data,
                              zero_checkpoint)
-from engines.cli import main
+from engines.cli.denoise import main
 from noise2atom.checkpoint import default_model_path
 
 ENGINE = "onnxruntime"

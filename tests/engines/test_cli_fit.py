@@ -6,7 +6,7 @@ import re
 import numpy as np
 import tifffile
 
-from engines.cli import main
+from engines.cli.denoise import main
 from noise2atom.stem_sim import simulate_series
 
 

@@ -8,8 +8,11 @@ import pytest
 
 import engines
 from engines import BackendUnavailableError, EngineBuildError, EngineError
-from engines.export import check_onnx_model, export_onnx, file_sha256, sidecar_path
-from engines.tensorrt_build import ShapeProfile, plan_path
+from engines import ShapeProfile
+from engines.cache import sidecar_path
+from engines.export import check_onnx_model, export_onnx
+from engines.tensorrt_build import plan_path
+from noise2atom.files import file_sha256
 from noise2atom.checkpoint import CheckpointError, model_id
 
 

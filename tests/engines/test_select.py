@@ -68,7 +68,7 @@ def test_auto_fp16_without_a_gpu_is_an_error_saying_the_cpu_runs_fp32(lite_check
 
 
 def test_select_command_prints_the_choice():
-    proc = subprocess.run([sys.executable, "-m", "engines.select", "--device", "cpu"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "engines.cli.select", "--device", "cpu"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("engine auto: ") and " on cpu" in proc.stdout

@@ -3,7 +3,11 @@
 ::
 
     n2a-denoise INPUT... [--model MODEL] --out OUT [--engine auto|pytorch|onnxruntime|tensorrt]
+                [--device cpu|cuda[:N]] [--precision fp32|fp16|bf16] [--threads N]
                 [--batch N] [--units display|raw] [--overwrite]
+
+The engine settings are an `engines.EngineConfig` (same defaults as ``n2a-stream`` and the plan
+builder); the one used goes into each output's metadata (``n2a.engine_config``).
 
 Each input (TIFF, npy, HDF5; DM3/DM4/EMD/SER with the ``io`` extra) is scaled with limits taken
 from the file's own frames (:func:`noise2atom.scaling.estimate_scaling`, any dtype, offset or
@@ -32,8 +36,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
+
+from ..base import Precision
+from ..config import Backend, EngineConfig
 
 __all__ = ["main"]
 
@@ -55,9 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="checkpoint (default: the bundled model, or $N2A_MODEL)")
     p.add_argument("--out", type=Path, required=True,
                    help="output .tif for one input; a folder for several")
-    p.add_argument("--engine", choices=("auto", "pytorch", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: chosen with the engine)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    defaults = EngineConfig()
+    p.add_argument("--engine", choices=get_args(Backend), default=defaults.backend)
+    p.add_argument("--device", default=defaults.device, help="cpu or cuda[:N] (default: chosen with the engine)")
+    p.add_argument("--precision", choices=get_args(Precision), default=defaults.precision)
+    p.add_argument("--threads", type=int, default=defaults.threads,
+                   help="CPU threads of the engine (default: the back end's choice)")
     p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
     p.add_argument("--units", choices=("display", "raw"), default="display",
                    help="display: [0, 1] (default); raw: the input's detector units")
@@ -134,13 +145,8 @@ def _css_line(raw: np.ndarray, denoised: np.ndarray) -> str:
     return f"CSS raw {c_raw.mean():.3f} -> denoised {c_out.mean():.3f} (mean over {len(c_raw)} pairs)"
 
 
-def _fit(model: Path, inputs: list[Path], minutes: float, workdir: Path) -> Path:
-    """Fine-tune ``model`` on the inputs (blind-spot); return the fitted checkpoint, or ``model``
-    itself when the held-out loss did not improve."""
-    import torch
-
-    from noise2atom.checkpoint import load_generator, save_checkpoint
-    from noise2atom.finetune import FineTuner, heldout_loss, improved
+def _fit_rows(inputs: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each input frame in model units, split into rows to train on and a held-back stripe."""
     from noise2atom.io import FrameReadError, read_frames
     from noise2atom.scaling import estimate_scaling
 
@@ -159,6 +165,18 @@ def _fit(model: Path, inputs: list[Path], minutes: float, workdir: Path) -> Path
                                   f"on (expected at least 64x16)")
             train.append(x[:cut])
             held.append(x[cut:])
+    return train, held
+
+
+def _fit(model: Path, inputs: list[Path], minutes: float, workdir: Path) -> Path:
+    """Fine-tune ``model`` on the inputs (blind-spot); return the fitted checkpoint, or ``model``
+    itself when the held-out loss did not improve."""
+    import torch
+
+    from noise2atom.checkpoint import load_generator, save_checkpoint
+    from noise2atom.finetune import FineTuner, heldout_loss, improved
+
+    train, held = _fit_rows(inputs)
     config, G = load_generator(model)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     side = min(128, *(h.shape[0] for h in held), *(h.shape[1] for h in held))
@@ -179,43 +197,116 @@ def _fit(model: Path, inputs: list[Path], minutes: float, workdir: Path) -> Path
     return save_checkpoint(workdir / "fitted.safetensors", config, tuner.state_dict())
 
 
-def run(args: argparse.Namespace) -> int:
-    """Do the work for parsed arguments; raises `_UsageError` for the user's mistakes."""
-    from tqdm import tqdm
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The command line's engine settings; only those given are marked as set."""
+    given = {"backend": args.engine, "device": args.device, "precision": args.precision,
+             "threads": args.threads}
+    defaults = EngineConfig()
+    return EngineConfig.of(None, **{k: v for k, v in given.items() if v != getattr(defaults, k)})
 
-    from noise2atom.checkpoint import CheckpointError, default_model_path
-    from noise2atom.guard import FidelityGuard, TrainingRange
-    from noise2atom.io import FrameReadError, read_frames, write_stack
-    from noise2atom.scaling import estimate_scaling
 
-    import engines
+def _model(args: argparse.Namespace) -> Path:
+    """The checkpoint to run: ``--model``, else the bundled one; fitted first with ``--fit``."""
+    import atexit
+    import shutil
+    import tempfile
 
-    outputs = _outputs(args.inputs, args.out)
-    _check_plan(args.inputs, outputs, args.overwrite, args.batch)
+    from noise2atom.checkpoint import default_model_path
+
     model = args.model
     if model is None:
         model = default_model_path()
         if not model.is_file():
             raise _UsageError(f"no --model given and the bundled default model is missing (expected {model})")
-    if args.fit:
-        import atexit
-        import shutil
-        import tempfile
+    if not args.fit:
+        return model
+    if args.minutes <= 0:
+        raise _UsageError(f"--minutes must be > 0 (got {args.minutes})")
+    workdir = Path(tempfile.mkdtemp(prefix="n2a-fit-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    fitted = _fit(model, args.inputs, args.minutes, workdir)
+    if args.fit_save is not None and fitted != model:
+        shutil.copyfile(fitted, args.fit_save)
+        print(f"n2a-denoise: fitted model written to {args.fit_save}", file=sys.stderr)
+    return fitted
 
-        if args.minutes <= 0:
-            raise _UsageError(f"--minutes must be > 0 (got {args.minutes})")
-        workdir = Path(tempfile.mkdtemp(prefix="n2a-fit-"))
-        atexit.register(shutil.rmtree, workdir, True)
-        fitted = _fit(model, args.inputs, args.minutes, workdir)
-        if args.fit_save is not None and fitted != model:
-            shutil.copyfile(fitted, args.fit_save)
-            print(f"n2a-denoise: fitted model written to {args.fit_save}", file=sys.stderr)
-        model = fitted
+
+def _open(model: Path, config: EngineConfig):
+    from noise2atom.checkpoint import CheckpointError
+
+    import engines
+
     try:
-        engine = engines.open_engine(model, args.engine, device=args.device, precision=args.precision)
+        return engines.open_engine(model, config)
     except (CheckpointError, engines.EngineError) as e:
         raise _UsageError(str(e)) from e
 
+
+def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argparse.Namespace) -> None:
+    """Read, scale, denoise, check, write and report one input file."""
+    from tqdm import tqdm
+
+    from noise2atom.guard import FidelityGuard
+    from noise2atom.io import FrameReadError, read_frames, write_stack
+    from noise2atom.scaling import estimate_scaling
+
+    import engines
+
+    try:
+        stack = read_frames(src)
+    except FrameReadError as e:
+        raise _UsageError(str(e)) from e
+    try:
+        norm = estimate_scaling(stack.frames)
+    except ValueError as e:
+        raise _UsageError(f"{src}: cannot scale its frames: {e}") from e
+    guard = FidelityGuard(norm, dtype=stack.frames.dtype, reference=training)
+    t0 = time.perf_counter()
+    with tqdm(total=len(stack.frames), unit="frame", desc=src.name, disable=args.quiet,
+              file=sys.stderr) as progress:
+        try:
+            denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units, progress, guard)
+        except engines.EngineError as e:
+            raise _UsageError(f"{src}: {e}") from e
+    seconds = time.perf_counter() - t0
+    meta = dict(stack.meta)
+    meta["n2a"] = {
+        "source": stack.source,
+        "model": info["model"],
+        "engine": info,
+        "engine_config": engine.engine_config.model_dump(mode="json"),
+        "units": "display [0, 1]" if args.units == "display" else "raw detector units",
+        "normalisation": norm.model_dump(),
+        "training_normalisation": training.normalisation.model_dump(),
+        "flags": sorted({f for frame_flags in flags for f in frame_flags}),
+        "flags_per_frame": flags,
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
+    fps = len(denoised) / seconds if seconds > 0 else float("inf")
+    # Raw CSS on the frames as the model sees them (clipped to the file's scaling limits),
+    # so hot pixels do not squash the raw sequence's min-max mapping.
+    raw_seen = norm.from_model(norm.to_model(stack.frames))
+    print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
+          f"{fps:.2f} frames/s; {_css_line(raw_seen, denoised)}")
+    warning = _warning_line(src, flags)
+    if warning is not None:
+        print(warning)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the work for parsed arguments; raises `_UsageError` for the user's mistakes."""
+    from noise2atom.guard import TrainingRange
+
+    import engines
+
+    outputs = _outputs(args.inputs, args.out)
+    _check_plan(args.inputs, outputs, args.overwrite, args.batch)
+    try:
+        config = _engine_config(args)
+    except engines.EngineError as e:
+        raise _UsageError(str(e)) from e
+    engine = _open(_model(args), config)
     training = TrainingRange.from_config(engine.config)
     with engine:
         info = engine.describe()
@@ -224,46 +315,7 @@ def run(args: argparse.Namespace) -> int:
         if "selected" in info:  # --engine auto: which back end and why not the faster ones
             print(f"n2a-denoise: {info['selected']}", file=sys.stderr)
         for src, dst in zip(args.inputs, outputs):
-            try:
-                stack = read_frames(src)
-            except FrameReadError as e:
-                raise _UsageError(str(e)) from e
-            try:
-                norm = estimate_scaling(stack.frames)
-            except ValueError as e:
-                raise _UsageError(f"{src}: cannot scale its frames: {e}") from e
-            guard = FidelityGuard(norm, dtype=stack.frames.dtype, reference=training)
-            t0 = time.perf_counter()
-            with tqdm(total=len(stack.frames), unit="frame", desc=src.name, disable=args.quiet,
-                      file=sys.stderr) as progress:
-                try:
-                    denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units,
-                                                    progress, guard)
-                except engines.EngineError as e:
-                    raise _UsageError(f"{src}: {e}") from e
-            seconds = time.perf_counter() - t0
-            meta = dict(stack.meta)
-            meta["n2a"] = {
-                "source": stack.source,
-                "model": info["model"],
-                "engine": info,
-                "units": "display [0, 1]" if args.units == "display" else "raw detector units",
-                "normalisation": norm.model_dump(),
-                "training_normalisation": training.normalisation.model_dump(),
-                "flags": sorted({f for frame_flags in flags for f in frame_flags}),
-                "flags_per_frame": flags,
-            }
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
-            fps = len(denoised) / seconds if seconds > 0 else float("inf")
-            # Raw CSS on the frames as the model sees them (clipped to the file's scaling limits),
-            # so hot pixels do not squash the raw sequence's min-max mapping.
-            raw_seen = norm.from_model(norm.to_model(stack.frames))
-            print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
-                  f"{fps:.2f} frames/s; {_css_line(raw_seen, denoised)}")
-            warning = _warning_line(src, flags)
-            if warning is not None:
-                print(warning)
+            _denoise_one(engine, info, training, src, dst, args)
     return 0
 
 
