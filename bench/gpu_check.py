@@ -91,7 +91,7 @@ def plan(args) -> list[Step]:
                          "torch.backends.cudnn.version(), torch.cuda.get_device_name(0)); "
                          "print('onnxruntime', o.__version__, o.get_available_providers())\" "
                          f"&& {py} -c \"import triton; print('triton', triton.__version__)\" "
-                         f"&& {py} -m engines.select && {py} -m engines.select --precision fp16", 60),
+                         f"&& {py} -m engines.cli.select && {py} -m engines.cli.select --precision fp16", 60),
         Step("train-noise2atom", f"mkdir -p {work} && {train} --method noise2atom --out {work}/noise2atom.safetensors",
              args.train_minutes * 60 + 60, background=True),
         Step("train-blindspot", f"mkdir -p {work} && {train} --method blindspot --out {work}/blindspot.safetensors",
