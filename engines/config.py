@@ -109,6 +109,38 @@ class EngineConfig(BaseModel):
         return value
 
     @classmethod
+    def add_arguments(cls, parser: Any) -> None:
+        """The engine options every command line shares (``n2a-stream``, ``n2a-denoise``), with
+        this model's defaults: ``--engine --device --precision --threads --cuda-graph --compile``."""
+        from typing import get_args
+
+        d = cls()
+        parser.add_argument("--engine", choices=("auto",) + BACKENDS, default=d.backend,
+                            help="back end: auto picks the fastest installed (default auto)")
+        parser.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default: chosen "
+                            "with the engine)")
+        parser.add_argument("--precision", choices=get_args(Precision), default=d.precision,
+                            help=f"engine precision (default {d.precision}; fp16/bf16 need CUDA)")
+        parser.add_argument("--threads", type=int, default=d.threads,
+                            help="CPU threads of the engine (default: the back end's choice)")
+        parser.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=d.cuda_graph,
+                            help="replay a CUDA graph per frame shape (default: on for onnxruntime "
+                                 "on CUDA, off for pytorch)")
+        parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
+        parser.add_argument("--compile", action="store_true", default=d.compile,
+                            help="pytorch on CUDA: torch.compile with fixed shapes")
+
+    @classmethod
+    def from_arguments(cls, args: Any) -> EngineConfig:
+        """The config of :meth:`add_arguments`' options; only those changed from the defaults are
+        marked as set (under ``auto`` an option the chosen back end does not take is then left
+        out and reported, not an error)."""
+        given = {"backend": args.engine, "device": args.device, "precision": args.precision,
+                 "threads": args.threads, "cuda_graph": args.cuda_graph, "compile": args.compile}
+        d = cls()
+        return cls.of(None, **{k: v for k, v in given.items() if v != getattr(d, k)})
+
+    @classmethod
     def of(cls, config: EngineConfig | None = None, **fields: Any) -> EngineConfig:
         """``config`` (default: all defaults) with ``fields`` set on it, validated.
 

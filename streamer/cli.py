@@ -23,6 +23,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engines.base import EngineError
+from engines.config import EngineConfig
+
 __all__ = ["build_config", "main"]
 
 log = logging.getLogger("n2a.stream")
@@ -77,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--record", type=Path, help="record raw and denoised frames to DIR")
     eng = p.add_argument_group("denoising")
     eng.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
-    eng.add_argument("--engine", default="auto",
-                     help="back end: auto, tensorrt, pytorch, onnxruntime (default auto)")
-    eng.add_argument("--device", help="engine device, e.g. cpu, cuda:0")
+    EngineConfig.add_arguments(eng)  # the same options and defaults as n2a-denoise
     eng.add_argument("--policy", choices=["latest", "block"], default="latest",
                      help="engine behind: keep the newest frames and count drops (latest), or "
                           "push back on a PUSH source (block, needs --pattern pull)")
@@ -162,14 +163,18 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> A
     if args.learn_save is not None and not learn:
         parser.error(f"--learn-save needs --learn (got --learn-save {args.learn_save} without it)")
     try:
+        engine = EngineConfig.from_arguments(args)
+    except EngineError as e:
+        parser.error(str(e))
+    try:
         from .learner import LearnConfig
         learn_config = LearnConfig(threads=args.learn_threads, ring=args.learn_ring,
                                    steps_per_round=args.learn_steps, save=args.learn_save,
                                    revert_on_new_series=not args.learn_keep_model) if learn else None
         return StreamConfig(
             source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
-            policy=args.policy, with_raw=args.with_raw, model=args.model, engine=args.engine,
-            device=args.device, css_window=args.css_window, css=args.css, max_queue=args.max_queue,
+            policy=args.policy, with_raw=args.with_raw, model=args.model, engine=engine,
+            css_window=args.css_window, css=args.css, max_queue=args.max_queue,
             record=args.record, max_frame_bytes=args.max_frame_bytes, buffer_mb=args.buffer_mb,
             max_engine_failures=args.max_engine_failures,
             curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms, learn=learn_config)

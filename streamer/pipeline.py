@@ -30,7 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 import zmq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engines.config import EngineConfig
 
 from .protocol import MAX_HEADER_BYTES
 from .publisher import OutFrame, Publisher
@@ -83,8 +85,11 @@ class StreamConfig(BaseModel):
                                       "(counted) or apply backpressure (needs pattern pull)")
     with_raw: bool = Field(default=True, description="send the raw frame as a second part")
     model: Path | None = Field(default=None, description="checkpoint (default: the bundled one)")
-    engine: str = Field(default="auto", description="engine back end (auto, onnxruntime, ...)")
-    device: str | None = Field(default=None, description="engine device (default: back end's)")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="the engine's settings (engines.EngineConfig, the same as n2a-denoise's and the "
+                    "plan builder's); a back-end name alone, e.g. 'onnxruntime', is short for "
+                    "EngineConfig(backend=...)")
     css_window: int = Field(default=10, ge=1, le=10_000, description="rolling CSS window")
     css: bool = Field(default=True, description="compute the rolling CSS of raw and denoised "
                                                 "frames (off: the css fields are nil; saves two "
@@ -119,6 +124,24 @@ class StreamConfig(BaseModel):
                                    "queued frames to be denoised before counting them dropped")
     learn: LearnConfig | None = Field(default=None, description="learn while streaming: "
                                       "fine-tune the model on the series and swap it in (None: off)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_into_engine(cls, data: Any) -> Any:
+        # ``device=`` beside ``engine=`` (the older form) goes into the engine's settings.
+        if isinstance(data, dict) and "device" in data:
+            data = dict(data)
+            device = data.pop("device")
+            if device is not None:
+                engine = data.get("engine", EngineConfig())
+                engine = EngineConfig(backend=engine) if isinstance(engine, str) else engine
+                data["engine"] = EngineConfig.of(engine, device=device)
+        return data
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _backend_name(cls, value: Any) -> Any:
+        return EngineConfig(backend=value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> StreamConfig:
@@ -190,10 +213,7 @@ class Stream:
         if not Path(path).is_file():
             raise FileNotFoundError(f"model checkpoint not found: {path} (expected a .safetensors "
                                     f"file made by n2a-train; pass --model PATH)")
-        kwargs = {"backend": self.config.engine}
-        if self.config.device is not None:
-            kwargs["device"] = self.config.device
-        engine = open_engine(path, **kwargs)
+        engine = open_engine(path, self.config.engine)
         self.engine = engine.__enter__()
         info = self.engine.describe()
         self.engine_info = dict(info)
@@ -336,12 +356,8 @@ class Stream:
         from engines import open_engine
         from noise2atom.checkpoint import default_model_path
 
-        kwargs = {"backend": self.config.engine}
-        if self.config.device is not None:
-            kwargs["device"] = self.config.device
-
         def open_warm(path: Path) -> Any:
-            engine = open_engine(path, **kwargs).__enter__()
+            engine = open_engine(path, self.config.engine).__enter__()
             try:
                 engine.infer(np.zeros((1, 64, 64), np.float32))  # pay lazy set-up off the hot path
             except BaseException:

@@ -36,12 +36,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 
-from ..base import Precision
-from ..config import Backend, EngineConfig
+from ..config import EngineConfig
 
 __all__ = ["main"]
 
@@ -63,12 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="checkpoint (default: the bundled model, or $N2A_MODEL)")
     p.add_argument("--out", type=Path, required=True,
                    help="output .tif for one input; a folder for several")
-    defaults = EngineConfig()
-    p.add_argument("--engine", choices=get_args(Backend), default=defaults.backend)
-    p.add_argument("--device", default=defaults.device, help="cpu or cuda[:N] (default: chosen with the engine)")
-    p.add_argument("--precision", choices=get_args(Precision), default=defaults.precision)
-    p.add_argument("--threads", type=int, default=defaults.threads,
-                   help="CPU threads of the engine (default: the back end's choice)")
+    EngineConfig.add_arguments(p)
     p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
     p.add_argument("--units", choices=("display", "raw"), default="display",
                    help="display: [0, 1] (default); raw: the input's detector units")
@@ -197,14 +190,6 @@ def _fit(model: Path, inputs: list[Path], minutes: float, workdir: Path) -> Path
     return save_checkpoint(workdir / "fitted.safetensors", config, tuner.state_dict())
 
 
-def _engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The command line's engine settings; only those given are marked as set."""
-    given = {"backend": args.engine, "device": args.device, "precision": args.precision,
-             "threads": args.threads}
-    defaults = EngineConfig()
-    return EngineConfig.of(None, **{k: v for k, v in given.items() if v != getattr(defaults, k)})
-
-
 def _model(args: argparse.Namespace) -> Path:
     """The checkpoint to run: ``--model``, else the bundled one; fitted first with ``--fit``."""
     import atexit
@@ -303,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = _outputs(args.inputs, args.out)
     _check_plan(args.inputs, outputs, args.overwrite, args.batch)
     try:
-        config = _engine_config(args)
+        config = EngineConfig.from_arguments(args)
     except engines.EngineError as e:
         raise _UsageError(str(e)) from e
     engine = _open(_model(args), config)

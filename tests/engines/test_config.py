@@ -87,16 +87,37 @@ def test_the_plan_builder_and_the_runtime_share_their_defaults():
     assert builder["profile"].default == defaults.profile and runtime["build"].default == defaults.build
 
 
-def test_n2a_denoise_takes_its_engine_defaults_from_engine_config():
-    from engines.cli.denoise import _engine_config, _parser
+@pytest.mark.parametrize("parser_of", ["n2a-denoise", "n2a-stream"])
+def test_command_lines_take_their_engine_defaults_from_engine_config(parser_of):
+    if parser_of == "n2a-denoise":
+        from engines.cli.denoise import _parser
+        argv = ["in.tif", "--out", "out.tif"]
+    else:
+        from streamer.cli import _parser
+        argv = ["--port", "5555"]
 
-    args = _parser().parse_args(["in.tif", "--out", "out.tif"])
-    assert _engine_config(args) == EngineConfig() and not _engine_config(args).model_fields_set
-    args = _parser().parse_args(["in.tif", "--out", "o.tif", "--engine", "onnxruntime", "--threads", "1"])
-    assert _engine_config(args).model_fields_set == {"backend", "threads"}
-    args = _parser().parse_args(["in.tif", "--out", "o.tif", "--threads", "0"])
+    args = _parser().parse_args(argv)
+    assert EngineConfig.from_arguments(args) == EngineConfig()
+    assert not EngineConfig.from_arguments(args).model_fields_set
+    args = _parser().parse_args(argv + ["--engine", "onnxruntime", "--threads", "1"])
+    assert EngineConfig.from_arguments(args).model_fields_set == {"backend", "threads"}
+    args = _parser().parse_args(argv + ["--engine", "pytorch", "--compile", "--no-cuda-graph"])
+    assert EngineConfig.from_arguments(args).model_fields_set == {"backend", "compile", "cuda_graph"}
+    args = _parser().parse_args(argv + ["--threads", "0"])
     with pytest.raises(EngineError, match=r"expected threads >= 1 \(got 0\)"):
-        _engine_config(args)
+        EngineConfig.from_arguments(args)
+
+
+def test_stream_config_carries_a_validated_engine_config():
+    from streamer.pipeline import StreamConfig
+
+    assert StreamConfig(source="tcp://127.0.0.1:1").engine == EngineConfig()
+    short = StreamConfig(source="tcp://127.0.0.1:1", engine="onnxruntime", device="cpu")
+    assert short.engine == EngineConfig(backend="onnxruntime", device="cpu")
+    full = StreamConfig(source="tcp://127.0.0.1:1", engine=EngineConfig(backend="pytorch", threads=2))
+    assert full.engine.threads == 2
+    with pytest.raises(ValueError, match="engine"):
+        StreamConfig(source="tcp://127.0.0.1:1", engine="tensorflow")
 
 
 def test_the_plan_builder_checks_its_settings_before_building(capsys, lite_checkpoint):
