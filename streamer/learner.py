@@ -285,9 +285,8 @@ class Learner(Worker):
         """Copy the deployed (adapted) checkpoint, with the series' acquisition meta, to ``path``."""
         import shutil
 
+        from noise2atom.files import atomic_write
+
         if self.deployed_path == self.start_path:
             return None
-        tmp = Path(path).with_name(Path(path).name + ".tmp")
-        shutil.copyfile(self.deployed_path, tmp)
-        os.replace(tmp, path)
-        return Path(path)
+        return atomic_write(path, lambda tmp: shutil.copyfile(self.deployed_path, tmp))
