@@ -43,7 +43,7 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from bench.quality_scoring import DetectorSettings, Scores, score_outputs, ssim_to_truth  # noqa: E402
 from noise2atom.checkpoint import default_model_path, load_generator, model_id  # noqa: E402
-from noise2atom.scaling import denoise_resampled, estimate_scaling, pitch_resample_factor  # noqa: E402
+from noise2atom.scaling import MODEL_PITCH_PX, denoise_resampled, estimate_scaling, pitch_resample_factor  # noqa: E402
 from noise2atom.stem_sim import simulate_series  # noqa: E402
 
 __all__ = ["evaluate", "main"]
@@ -140,7 +140,7 @@ def evaluate_external(models: dict[str, Path], *, seed: int = 0) -> str:
         f = pitch_resample_factor(noisy)
         for n, (_, gen) in gens.items():
             sc[n + " + pitch resample"] = ssim_to_truth(
-                denoise_resampled(lambda im: _run_model(gen, im), noisy, f), truth)
+                denoise_resampled(noisy, MODEL_PITCH_PX, MODEL_PITCH_PX / f, lambda im: _run_model(gen, im)), truth)
         means["raw"].append(raw)
         means["gauss"].append(g[bs])
         for n in names:
@@ -158,7 +158,8 @@ def evaluate_external(models: dict[str, Path], *, seed: int = 0) -> str:
         f = pitch_resample_factor(img)
         for n in names:
             gen = gens[n.replace(" + pitch resample", "")][1]
-            out = denoise_resampled(lambda im: _run_model(gen, im), img, f if "resample" in n else 1.0)
+            out = denoise_resampled(img, MODEL_PITCH_PX, MODEL_PITCH_PX / (f if "resample" in n else 1.0),
+                                    lambda im: _run_model(gen, im))
             cells.append(f"{out.std():.3f} / {np.corrcoef(out.ravel(), ref)[0, 1]:.3f}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

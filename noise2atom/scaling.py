@@ -157,14 +157,16 @@ def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float
         raise ValueError(f"a frame of {f.shape} at pitch {pitch_px:.3g} px resampled to {target_pitch_px:g} px "
                          f"would be {size}: expected at least 16 px a side")
     zf = (size[0] / f.shape[0], size[1] / f.shape[1])
+    # mode "nearest": zoom maps the last row a rounding error past the edge, which mode "constant"
+    # (the default) fills with 0 (a black last row and column at some sizes, e.g. 211 -> 94)
     if factor < 1.0:
-        small = zoom(gaussian_filter(f, 0.5 / factor), zf, order=1)
+        small = zoom(gaussian_filter(f, 0.5 / factor), zf, order=1, mode="nearest")
     else:
-        small = zoom(f, zf, order=1)
+        small = zoom(f, zf, order=1, mode="nearest")
     out = np.asarray(denoise(small), dtype=np.float32)
     if out.shape != small.shape:
         raise ValueError(f"denoise changed the shape: expected {small.shape} (got {out.shape})")
     if factor > 1.0:
         out = gaussian_filter(out, 0.5 * (factor - 1.0))
-    back = zoom(out, (f.shape[0] / out.shape[0], f.shape[1] / out.shape[1]), order=3)
+    back = zoom(out, (f.shape[0] / out.shape[0], f.shape[1] / out.shape[1]), order=3, mode="nearest")
     return back.astype(np.float32, copy=False)

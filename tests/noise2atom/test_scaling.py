@@ -55,6 +55,14 @@ def test_identity_denoiser_round_trip_returns_the_lattice(pitch, target):
     assert err.max() < 0.15 and err.mean() < 0.05, (err.max(), err.mean())
 
 
+@pytest.mark.parametrize("target", [7.0, 9.5, 12.0, 15.0, 15.5, 16.0, 17.0])
+def test_a_constant_frame_comes_back_constant_to_its_last_pixel(target):
+    # 94 px at pitch 6.9 -> 15.5 px is 211 px, and 211 -> 94 px put zoom's last row just past the edge
+    frame = np.full((94, 94), 0.25, np.float32)
+    out = denoise_resampled(frame, target, 6.9, lambda x: x)
+    np.testing.assert_allclose(out, 0.25, atol=1e-5)
+
+
 def test_estimate_pitch_finds_the_simulated_lattice():
     frames = np.stack([StemSimulator(shape=(192, 192), scene="crystal", pitch_px=14, sigma_px=2.5, peak_counts=2,
                                      rotation_deg=7, seed=1).frame(t).noisy for t in range(2)])
