@@ -23,8 +23,9 @@ import numpy as np
 
 from noise2atom.checkpoint import Normalisation
 
-__all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "estimate_scaling",
-           "estimate_pitch", "resample_factor", "pitch_resample_factor", "denoise_resampled"]
+__all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "MODEL_SIGMA_PX",
+           "estimate_scaling", "estimate_pitch", "resample_pitches", "resample_factor", "pitch_resample_factor",
+           "denoise_resampled"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
 SCALING_PERCENTILES: tuple[float, float] = (0.1, 99.9)
@@ -46,6 +47,9 @@ MODEL_PITCH_PX: float = 12.0
 #: A lattice whose strongest reflection is weaker than this over its ring's median is not trusted
 #: (prior.py's 10 misses a low-dose lattice of large pitch: MoS2 at 0.1 counts/px gives 8.6).
 MIN_PEAK_RATIO: float = 5.0
+#: The column width (blob sigma, px) frames are resampled to before the bundled model
+#: (bench/results/pitch-resampling.md: better SSIM than none on 11 of 12 series).
+MODEL_SIGMA_PX: float = 1.25
 
 
 def estimate_pitch(frames: np.ndarray, *, min_peak_ratio: float = MIN_PEAK_RATIO) -> float | None:
@@ -58,6 +62,25 @@ def estimate_pitch(frames: np.ndarray, *, min_peak_ratio: float = MIN_PEAK_RATIO
     with at least three reflections fitted to a blob of >= 0.5 px; and the pitch must lie in the
     searched range (up to a quarter of the side).
     """
+    est = _trusted_prior(frames, min_peak_ratio)
+    return None if est is None else float(est.pitch_px)
+
+
+def resample_pitches(frames: np.ndarray, *, target_sigma_px: float = MODEL_SIGMA_PX,
+                     min_peak_ratio: float = MIN_PEAK_RATIO) -> tuple[float, float] | None:
+    """``(pitch_px, target_pitch_px)`` for :func:`denoise_resampled`: the zoom that brings the
+    columns' estimated width (prior's ``sigma_px``) to ``target_sigma_px``; None (denoise as it
+    is) where no lattice is found or its width could not be fitted.
+
+    Estimate once per series (a few frames) and keep it, so CSS stays comparable.
+    """
+    est = _trusted_prior(frames, min_peak_ratio)
+    if est is None or not (np.isfinite(est.sigma_px) and est.sigma_px > 0):
+        return None
+    return float(est.pitch_px), float(est.pitch_px * target_sigma_px / est.sigma_px)
+
+
+def _trusted_prior(frames: np.ndarray, min_peak_ratio: float):
     from noise2atom.prior import PriorEstimateError, estimate_prior
 
     a = np.asarray(frames, dtype=np.float32)
@@ -73,7 +96,7 @@ def estimate_pitch(frames: np.ndarray, *, min_peak_ratio: float = MIN_PEAK_RATIO
     # higher orders whose decay gives a resolvable blob (noise: 0-2 orders, or a sub-pixel width).
     strong = est.peak_ratio >= _chance_peak_ratio(a, min_peak_ratio)
     lattice = est.peak_ratio >= min_peak_ratio and est.n_orders >= 3 and est.sigma_px >= 0.5
-    return float(est.pitch_px) if strong or lattice else None
+    return est if strong or lattice else None
 
 
 def _chance_peak_ratio(a: np.ndarray, floor: float, false_alarm: float = 1e-3) -> float:

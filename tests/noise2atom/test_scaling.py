@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noise2atom.scaling import denoise_resampled, estimate_pitch, resample_factor
+from noise2atom.scaling import denoise_resampled, estimate_pitch, resample_factor, resample_pitches
 from noise2atom.stem_sim import StemSimulator
 
 
@@ -67,6 +67,16 @@ def test_estimate_pitch_finds_the_simulated_lattice():
     frames = np.stack([StemSimulator(shape=(192, 192), scene="crystal", pitch_px=14, sigma_px=2.5, peak_counts=2,
                                      rotation_deg=7, seed=1).frame(t).noisy for t in range(2)])
     assert estimate_pitch(frames) == pytest.approx(14, rel=0.05)
+
+
+def test_resample_pitches_bring_the_column_width_to_the_target():
+    frames = np.stack([StemSimulator(shape=(192, 192), scene="crystal", pitch_px=14, sigma_px=2.5, peak_counts=2,
+                                     rotation_deg=7, seed=1).frame(t).noisy for t in range(2)])
+    pitch, target = resample_pitches(frames, target_sigma_px=1.25)
+    assert pitch == pytest.approx(14, rel=0.05)
+    assert target == pytest.approx(7, rel=0.15)  # sigma 2.5 -> 1.25: half the pitch
+    noise = np.random.default_rng(0).poisson(0.5, (2, 96, 96)).astype(np.float32)
+    assert resample_pitches(noise) is None
 
 
 def test_bad_input_is_refused_with_what_was_got():
