@@ -17,14 +17,15 @@ True
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from noise2atom.checkpoint import Normalisation
 
-__all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "estimate_scaling",
-           "pitch_resample_factor", "denoise_resampled"]
+__all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "MODEL_SIGMA_PX",
+           "estimate_scaling", "estimate_pitch", "resample_pitches", "resample_factor", "pitch_resample_factor",
+           "denoise_resampled"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
 SCALING_PERCENTILES: tuple[float, float] = (0.1, 99.9)
@@ -43,6 +44,81 @@ def estimate_scaling(frames: np.ndarray | Sequence[np.ndarray]) -> Normalisation
 MODEL_MAX_PITCH_PX: float = 30.0
 #: The pitch an oversampled image is brought to before the network (measured best of 8 and 12).
 MODEL_PITCH_PX: float = 12.0
+#: A lattice whose strongest reflection is weaker than this over its ring's median is not trusted
+#: (prior.py's 10 misses a low-dose lattice of large pitch: MoS2 at 0.1 counts/px gives 8.6).
+MIN_PEAK_RATIO: float = 5.0
+#: The column width (blob sigma, px) frames are resampled to before the bundled model
+#: (bench/results/pitch-resampling.md: better SSIM than none on 11 of 12 series).
+MODEL_SIGMA_PX: float = 1.25
+
+
+def estimate_pitch(frames: np.ndarray, *, min_peak_ratio: float = MIN_PEAK_RATIO) -> float | None:
+    """The lattice pitch (px) of ``frames`` ((H, W) or (T, H, W), any units) by
+    :func:`noise2atom.prior.estimate_prior`, or None where no lattice is found (a particle, an
+    amorphous area, vacuum, a frame under 32 px).
+
+    The strongest reflection must stand above what noise alone reaches somewhere in the spectrum
+    (one frame of noise gives ~10-20; more frames average that down), or above ``min_peak_ratio``
+    with at least three reflections fitted to a blob of >= 0.5 px; and the pitch must lie in the
+    searched range (up to a quarter of the side).
+    """
+    est = _trusted_prior(frames, min_peak_ratio)
+    return None if est is None else float(est.pitch_px)
+
+
+def resample_pitches(frames: np.ndarray, *, target_sigma_px: float = MODEL_SIGMA_PX,
+                     min_peak_ratio: float = MIN_PEAK_RATIO) -> tuple[float, float] | None:
+    """``(pitch_px, target_pitch_px)`` for :func:`denoise_resampled`: the zoom that brings the
+    columns' estimated width (prior's ``sigma_px``) to ``target_sigma_px``; None (denoise as it
+    is) where no lattice is found or its width could not be fitted.
+
+    Estimate once per series (a few frames) and keep it, so CSS stays comparable.
+    """
+    est = _trusted_prior(frames, min_peak_ratio)
+    if est is None or not (np.isfinite(est.sigma_px) and est.sigma_px > 0):
+        return None
+    return float(est.pitch_px), float(est.pitch_px * target_sigma_px / est.sigma_px)
+
+
+def _trusted_prior(frames: np.ndarray, min_peak_ratio: float):
+    from noise2atom.prior import PriorEstimateError, estimate_prior
+
+    a = np.asarray(frames, dtype=np.float32)
+    try:
+        est = estimate_prior(a, max_pitch_px=None)
+    except PriorEstimateError:
+        return None
+    # The search runs up to a quarter of the frame side; a pitch beyond it comes from a second
+    # reflection found near the centre (a hexagonal lattice, a lattice of two periods per frame).
+    if not 3.0 <= est.pitch_px <= min(a.shape[-2:]) / 4:
+        return None
+    # One strong peak, stronger than noise reaches anywhere in the spectrum; or a weaker one with
+    # higher orders whose decay gives a resolvable blob (noise: 0-2 orders, or a sub-pixel width).
+    strong = est.peak_ratio >= _chance_peak_ratio(a, min_peak_ratio)
+    lattice = est.peak_ratio >= min_peak_ratio and est.n_orders >= 3 and est.sigma_px >= 0.5
+    return est if strong or lattice else None
+
+
+def _chance_peak_ratio(a: np.ndarray, floor: float, false_alarm: float = 1e-3) -> float:
+    """The peak ratio that noise alone reaches with probability ``false_alarm`` somewhere in the spectrum.
+
+    The power of white noise at one frequency, averaged over T frames, is Gamma(T) distributed:
+    the largest of ~H*W/2 bins over the ring median passes ~22 once in 1,000 96² frames of noise (four
+    frames averaged: ~6.3).
+    """
+    from scipy.stats import gamma
+
+    t = min(a.shape[0], 64) if a.ndim == 3 else 1
+    n_bins = a.shape[-2] * a.shape[-1] / 2
+    chance = gamma.isf(false_alarm / n_bins, t, scale=1 / t) / gamma.median(t, scale=1 / t)
+    return max(float(floor), float(chance))
+
+
+def resample_factor(pitch_px: float, target_pitch_px: float) -> float:
+    """The zoom that brings a lattice of ``pitch_px`` to ``target_pitch_px`` (1.0 when they match)."""
+    if not (pitch_px > 0 and target_pitch_px > 0 and np.isfinite(pitch_px) and np.isfinite(target_pitch_px)):
+        raise ValueError(f"expected finite pitches > 0 px (got pitch {pitch_px!r}, target {target_pitch_px!r})")
+    return float(target_pitch_px) / float(pitch_px)
 
 
 def pitch_resample_factor(frames: np.ndarray, *, max_pitch_px: float = MODEL_MAX_PITCH_PX,
@@ -53,29 +129,67 @@ def pitch_resample_factor(frames: np.ndarray, *, max_pitch_px: float = MODEL_MAX
     area): the network's receptive field covers only a few atoms of ~30 px, so a far more finely
     sampled image is denoised at a coarser sampling and interpolated back.
     """
-    from noise2atom.prior import PriorEstimateError, estimate_prior
-
-    try:
-        est = estimate_prior(np.asarray(frames, dtype=np.float32), max_pitch_px=None)
-    except PriorEstimateError:
+    pitch = estimate_pitch(frames)
+    if pitch is None or not pitch > max_pitch_px:
         return 1.0
-    # peak ratio 5, not prior.py's 10: a low-dose lattice of large pitch (MoS2 at 0.1 counts/px: 8.6) counts
-    if est.peak_ratio < 5.0 or not est.pitch_px > max_pitch_px:
-        return 1.0
-    return float(target_pitch_px / est.pitch_px)
+    return resample_factor(pitch, target_pitch_px)
 
 
-def denoise_resampled(denoise, frame: np.ndarray, factor: float) -> np.ndarray:
-    """``denoise`` (an (H, W) -> (H, W) function) run on ``frame`` zoomed by ``factor``, zoomed back.
+#: Below this relative difference between the pitches the frame is denoised as it is.
+_SAME_PITCH_TOL: float = 0.01
 
-    The frame is smoothed over the pixels merged (sigma ``0.5 / factor``) before sampling, so no
-    counts are dropped.
+
+def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float | None,
+                      denoise: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Denoise ``frame`` at the sampling where its lattice pitch is ``target_pitch_px``.
+
+    Parameters
+    ----------
+    frame
+        One (H, W) frame, already in model units (the series' own scaling).
+    target_pitch_px
+        The pitch the network should see.
+    pitch_px
+        The frame's lattice pitch (e.g. :func:`estimate_pitch` of its series, fixed within the
+        series so CSS stays comparable); None (no lattice found): no resampling.
+    denoise
+        (h, w) float32 array in model units -> denoised (h, w) array in model units (e.g. an
+        engine's ``infer`` on one frame). Called once.
+
+    Returns
+    -------
+    float32 (H, W): the denoised frame at the original sampling, in model units.
+
+    A frame is zoomed down after smoothing over the pixels merged (sigma ``0.5 / factor``, so no
+    counts are dropped and little noise aliases), zoomed up linearly (no new detail is invented);
+    the network's output is interpolated back to (H, W) (cubic, after anti-alias smoothing where
+    it was zoomed up). Within 1 % of the target the frame is denoised as it is.
     """
-    if factor >= 1.0:
-        return denoise(frame)
+    f = np.asarray(frame, dtype=np.float32)
+    if f.ndim != 2:
+        raise ValueError(f"expected one (H, W) frame (got shape {f.shape})")
+    if pitch_px is None:
+        return np.asarray(denoise(f), dtype=np.float32)
+    factor = resample_factor(pitch_px, target_pitch_px)
+    if abs(factor - 1.0) < _SAME_PITCH_TOL:
+        return np.asarray(denoise(f), dtype=np.float32)
     from scipy.ndimage import gaussian_filter, zoom
 
-    f = np.asarray(frame, dtype=np.float32)
-    small = zoom(gaussian_filter(f, 0.5 / factor), factor, order=1)
+    size = tuple(max(1, int(round(n * factor))) for n in f.shape)
+    if min(size) < 16:
+        raise ValueError(f"a frame of {f.shape} at pitch {pitch_px:.3g} px resampled to {target_pitch_px:g} px "
+                         f"would be {size}: expected at least 16 px a side")
+    zf = (size[0] / f.shape[0], size[1] / f.shape[1])
+    # mode "nearest": zoom maps the last row a rounding error past the edge, which mode "constant"
+    # (the default) fills with 0 (a black last row and column at some sizes, e.g. 211 -> 94)
+    if factor < 1.0:
+        small = zoom(gaussian_filter(f, 0.5 / factor), zf, order=1, mode="nearest")
+    else:
+        small = zoom(f, zf, order=1, mode="nearest")
     out = np.asarray(denoise(small), dtype=np.float32)
-    return zoom(out, (f.shape[0] / out.shape[0], f.shape[1] / out.shape[1]), order=3)
+    if out.shape != small.shape:
+        raise ValueError(f"denoise changed the shape: expected {small.shape} (got {out.shape})")
+    if factor > 1.0:
+        out = gaussian_filter(out, 0.5 * (factor - 1.0))
+    back = zoom(out, (f.shape[0] / out.shape[0], f.shape[1] / out.shape[1]), order=3, mode="nearest")
+    return back.astype(np.float32, copy=False)

@@ -42,7 +42,7 @@ from bench.harness import RESULTS
 from bench.quality.external_data import SHARED_DATA as SHARED
 from bench.quality.scoring import DetectorSettings, Scores, score_outputs, ssim_to_truth
 from noise2atom.checkpoint import default_model_path, load_generator, model_id
-from noise2atom.scaling import denoise_resampled, estimate_scaling, pitch_resample_factor
+from noise2atom.scaling import MODEL_PITCH_PX, denoise_resampled, estimate_scaling, pitch_resample_factor
 from noise2atom.stem_sim import simulate_series
 
 __all__ = ["evaluate", "main"]
@@ -137,7 +137,7 @@ def evaluate_external(models: dict[str, Path], *, seed: int = 0) -> str:
         f = pitch_resample_factor(noisy)
         for n, (_, gen) in gens.items():
             sc[n + " + pitch resample"] = ssim_to_truth(
-                denoise_resampled(lambda im: _run_model(gen, im), noisy, f), truth)
+                denoise_resampled(noisy, MODEL_PITCH_PX, MODEL_PITCH_PX / f, lambda im: _run_model(gen, im)), truth)
         means["raw"].append(raw)
         means["gauss"].append(g[bs])
         for n in names:
@@ -155,7 +155,8 @@ def evaluate_external(models: dict[str, Path], *, seed: int = 0) -> str:
         f = pitch_resample_factor(img)
         for n in names:
             gen = gens[n.replace(" + pitch resample", "")][1]
-            out = denoise_resampled(lambda im: _run_model(gen, im), img, f if "resample" in n else 1.0)
+            out = denoise_resampled(img, MODEL_PITCH_PX, MODEL_PITCH_PX / (f if "resample" in n else 1.0),
+                                    lambda im: _run_model(gen, im))
             cells.append(f"{out.std():.3f} / {np.corrcoef(out.ravel(), ref)[0, 1]:.3f}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -127,13 +127,13 @@ class ModelDenoiser:
             y = engine.infer(scaling.to_model(np.asarray(frame))[None])[0]
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
         try:  # where the product resamples oversampled lattices to the model's pitch, do the same
-            from noise2atom.scaling import denoise_resampled, pitch_resample_factor
+            from noise2atom.scaling import MODEL_PITCH_PX, denoise_resampled, pitch_resample_factor
         except ImportError:
             return f
         factor = pitch_resample_factor(np.asarray(frames))
         if factor >= 1.0:
             return f
-        return lambda frame: denoise_resampled(f, frame, factor)
+        return lambda frame: denoise_resampled(frame, MODEL_PITCH_PX, MODEL_PITCH_PX / factor, f)
 
 
 def fit_model(frames: np.ndarray, out: Path, *, minutes: float, gain: float | None, offset: float,

@@ -76,6 +76,6 @@ def test_pitch_resample_only_above_the_models_range():
     assert pitch_resample_factor(coarse) == pytest.approx(12 / 48, rel=0.1)
     assert pitch_resample_factor(fine) == 1.0
     seen = []
-    out = denoise_resampled(lambda im: seen.append(im.shape) or im, coarse.astype(np.float32), 0.25)
+    out = denoise_resampled(coarse.astype(np.float32), 12.0, 48.0, lambda im: seen.append(im.shape) or im)
     assert seen == [(96, 96)] and out.shape == coarse.shape
     assert np.corrcoef(out.ravel(), coarse.astype(np.float32).ravel())[0, 1] > 0.5
