@@ -22,23 +22,21 @@ Replay a file three times as fast as possible into a PULL receiver::
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zmq
 
-from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .net import send_end
 from .protocol import encode_end, encode_frame, encode_start, flat_meta
-from .worker import Worker
+from .source import FrameSender, Pattern
 
 __all__ = ["Replay", "simulated_source"]
 
 log = logging.getLogger("n2a.replay")
 
-Pattern = Literal["pub", "push"]
 FrameSource = Callable[[int], np.ndarray]
 
 
@@ -60,7 +58,7 @@ def simulated_source(*, shape: tuple[int, int] = (256, 256), scene: str = "nanop
     return (lambda t: sim.frame(t).noisy), dict(sim.meta)
 
 
-class Replay:
+class Replay(FrameSender):
     """Publish frames at a fixed rate: ``start``, frames with increasing ``seq``, ``end``.
 
     Parameters
@@ -91,6 +89,11 @@ class Replay:
         ZeroMQ context to use (default: a private one, terminated by :meth:`close`).
     """
 
+    NAME = "n2a-replay"
+    # A short, bounded linger: what is still queued (the end) goes out to a connected
+    # subscriber; with none connected a PUB has nothing queued and closes at once.
+    CLOSE_LINGER_MS = 2000
+
     def __init__(self, *, frames: Sequence[np.ndarray] | np.ndarray | FrameSource, fps: float,
                  count: int | None = None, loop: bool = False, meta: dict[str, Any] | None = None,
                  series: str | None = None, pattern: Pattern = "pub", host: str = "127.0.0.1",
@@ -109,46 +112,13 @@ class Replay:
             if len(frames) == 0:
                 raise ValueError("frames is empty (expected at least one frame)")
             self._frame_at, self._n = (lambda t: frames[t]), len(frames)
+        super().__init__(pattern=pattern, address=address or f"tcp://{host}:{port}",
+                         curve_keys=curve_keys, context=context)
         # Files carry nested metadata; the protocol takes a flat map within a size limit.
         self.fps, self.count, self.loop, self.meta = fps, count, loop, flat_meta(meta)
         self.series = series or f"replay-{time.time_ns()}"
-        self.pattern = pattern
-        self.address = address or f"tcp://{host}:{port}"
         self.wait_subscribers, self.wait_timeout_s = wait_subscribers, wait_timeout_s
-        self.curve_keys = curve_keys
-        self._own_context = context is None
-        self.context = context or zmq.Context()
-        self._auth = None
-        self.socket: zmq.Socket | None = None
-        self.endpoint: str | None = None
         self.sent = 0
-        self.subscriptions = 0
-        self.stop_event = threading.Event()
-        self._thread: Worker | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound TCP port (after :meth:`bind`)."""
-        if self.endpoint is None:
-            raise RuntimeError("Replay.port is known after bind() (got an unbound replay)")
-        return int(self.endpoint.rsplit(":", 1)[1])
-
-    def bind(self) -> str:
-        """Create and bind the socket; return the real endpoint."""
-        if self.socket is not None:
-            return self.endpoint
-        self.socket, self._auth, self.endpoint = bind_source(
-            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
-            who="n2a-replay")
-        return self.endpoint
-
-    def _drain_subscriptions(self) -> None:
-        if self.pattern == "pub":
-            self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
-
-    def _send(self, parts: list[Any]) -> bool:
-        """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _wait_for_subscribers(self) -> None:
         if self.pattern != "pub" or self.wait_subscribers <= 0:
@@ -195,24 +165,6 @@ class Replay:
                  timeout_s=10.0, who="n2a-replay")
         return self.sent
 
-    # -- thread use (tests, benchmarks) -------------------------------------------------------
-    def start(self) -> Replay:
-        """Bind now and send from a background thread."""
-        self.bind()
-        self._thread = Worker(name="n2a-replay", stop_event=self.stop_event, work=self.run)
-        self._thread.start()
-        return self
-
-    @property
-    def error(self) -> BaseException | None:
-        """The background thread's error, if it failed."""
-        return self._thread.error if self._thread is not None else None
-
-    def maybe_raise(self) -> None:
-        """Re-raise an error of the background thread in the caller."""
-        if self._thread is not None:
-            self._thread.maybe_raise()
-
     @property
     def done(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
@@ -227,25 +179,6 @@ class Replay:
         self.maybe_raise()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop sending, close the socket (linger 0) and the private context."""
-        self.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"n2a-replay thread did not stop within {timeout} s")
-        if self.socket is not None:
-            # A short, bounded linger: what is still queued (the end) goes out to a connected
-            # subscriber; with none connected a PUB has nothing queued and closes at once.
-            self.socket.close(linger=2000)
-            self.socket = None
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._own_context:
-            self.context.term()
-
-    def __enter__(self) -> Replay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Stop sending; close the socket, letting what is queued (the end) go out within
+        :attr:`CLOSE_LINGER_MS`, and the private context."""
+        self._close(timeout)

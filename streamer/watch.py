@@ -52,7 +52,6 @@ import hashlib
 import logging
 import os
 import struct
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -63,16 +62,15 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from .net import bind_source, drain_subscriptions, send_end, send_waiting
+from .net import send_end
 from .protocol import ALLOWED_DTYPES, encode_end, encode_frame, encode_start
-from .worker import Worker
+from .source import FrameSender, Pattern
 
 __all__ = ["FolderWatcher", "WATCHED_EXTENSIONS", "flat_meta", "tiff_complete", "wire_frame"]
 
 log = logging.getLogger("n2a.watch")
 
 WATCHED_EXTENSIONS = (".dm3", ".dm4", ".emd", ".ser", ".tif", ".tiff", ".h5", ".hdf5", ".npy")
-Pattern = Literal["pub", "push"]
 Reader = Callable[[Path], Any]  # path -> noise2atom.io.FrameStack
 
 #: Longest string and list kept in a frame's ``meta`` (the protocol's meta is small settings).
@@ -193,7 +191,7 @@ def _digest(frame: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
 
 
-class FolderWatcher:
+class FolderWatcher(FrameSender):
     """Publish the frames of files saved into a folder, each complete file once, in order.
 
     Parameters
@@ -220,6 +218,8 @@ class FolderWatcher:
         ``path -> FrameStack`` (default :func:`noise2atom.io.read_frames`).
     """
 
+    NAME = "n2a-watch"
+
     def __init__(self, folder: str | os.PathLike[str], *, existing: Literal["send", "skip"] = "send",
                  poll_interval_s: float = 0.25, stable_polls: int = 2,
                  reject_after_s: float = 5.0, max_remembered: int = 100_000,
@@ -239,6 +239,8 @@ class FolderWatcher:
             raise ValueError(f"need poll_interval_s > 0, stable_polls >= 1, reject_after_s >= 0, "
                              f"max_remembered >= 1 (got {poll_interval_s}, {stable_polls}, "
                              f"{reject_after_s}, {max_remembered})")
+        super().__init__(pattern=pattern, address=address or f"tcp://{host}:{port}",
+                         curve_keys=curve_keys, context=context)
         if reader is None:
             from noise2atom.io import read_frames as reader
         self.reader = reader
@@ -246,14 +248,7 @@ class FolderWatcher:
         self.poll_interval_s, self.stable_polls = poll_interval_s, stable_polls
         self.reject_after_s, self.max_remembered = reject_after_s, max_remembered
         self.series = series or f"watch-{time.time_ns()}"
-        self.pattern, self.address = pattern, address or f"tcp://{host}:{port}"
-        self.wait_subscribers, self.curve_keys = wait_subscribers, curve_keys
-        self._own_context = context is None
-        self.context = context or zmq.Context()
-        self._auth = None
-        self.socket: zmq.Socket | None = None
-        self.endpoint: str | None = None
-        self.subscriptions = 0
+        self.wait_subscribers = wait_subscribers
         self._pending: dict[str, _Pending] = {}
         self._sent: OrderedDict[tuple[int, int], _Sent] = OrderedDict()
         self.seq = 0
@@ -265,33 +260,10 @@ class FolderWatcher:
         self.vanished = 0
         self.rejected: Counter[str] = Counter()
         self.rejections: list[str] = []  # the last few rejection messages (bounded)
-        self.stop_event = threading.Event()
-        self._thread: Worker | None = None
-
-    # -- socket ---------------------------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        """The bound TCP port (after :meth:`bind`)."""
-        if self.endpoint is None:
-            raise RuntimeError("FolderWatcher.port is known after bind() (got an unbound watcher)")
-        return int(self.endpoint.rsplit(":", 1)[1])
-
-    def bind(self) -> str:
-        """Create and bind the socket; return the real endpoint."""
-        if self.socket is not None:
-            return self.endpoint
-        self.socket, self._auth, self.endpoint = bind_source(
-            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
-            who="n2a-watch")
-        return self.endpoint
-
-    def _send(self, parts: list[Any]) -> bool:
-        """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
-        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
 
     def _listening(self) -> bool:
         if self.pattern == "pub":
-            self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
+            self._drain_subscriptions()
             return self.subscriptions >= self.wait_subscribers
         return True
 
@@ -471,45 +443,9 @@ class FolderWatcher:
                 f"({s['frames_sent']} frames), {s['pending']} pending, rejected {rej}, "
                 f"vanished {s['vanished']}{wait}")
 
-    # -- thread use (tests) ---------------------------------------------------------------------
-    def start(self) -> FolderWatcher:
-        """Bind now and watch from a background thread."""
-        self.bind()
-        self._thread = Worker(name="n2a-watch", stop_event=self.stop_event, work=self.run)
-        self._thread.start()
-        return self
-
-    @property
-    def error(self) -> BaseException | None:
-        """The background thread's error, if it failed."""
-        return self._thread.error if self._thread is not None else None
-
-    def maybe_raise(self) -> None:
-        """Re-raise an error of the background thread in the caller."""
-        if self._thread is not None:
-            self._thread.maybe_raise()
-
     def close(self, timeout: float = 5.0, *, raise_error: bool = True) -> None:
         """Stop watching, close the socket (linger 0) and the private context; then re-raise the
         thread's error (unless ``raise_error`` is false: the owner reported it already)."""
-        self.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"n2a-watch thread did not stop within {timeout} s")
-        if self.socket is not None:
-            self.socket.close(0)
-            self.socket = None
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._own_context:
-            self.context.term()
+        self._close(timeout)
         if raise_error:
             self.maybe_raise()
-
-    def __enter__(self) -> FolderWatcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

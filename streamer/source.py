@@ -1,0 +1,116 @@
+"""`FrameSender`: what every n2a publisher of raw frames shares (``n2a-replay``, ``n2a-watch``).
+
+A source binds one PUB (XPUB underneath, so subscriptions are counted) or PUSH socket, sends
+protocol v1 messages from a background :class:`~streamer.worker.Worker` (or the caller's thread
+via ``run``), and reports the thread's error to its owner. Subclasses write ``run`` and name
+themselves in :attr:`NAME` (used in messages).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+import zmq
+
+from .net import bind_source, drain_subscriptions, send_waiting
+from .worker import Worker
+
+__all__ = ["FrameSender", "Pattern"]
+
+Pattern = Literal["pub", "push"]
+
+
+class FrameSender:
+    """The socket, thread and error handling of a publisher; see the module docstring."""
+
+    NAME = "n2a-source"
+    #: Milliseconds a closing socket may keep sending what is queued (the series' end).
+    CLOSE_LINGER_MS = 0
+
+    def __init__(self, *, pattern: Pattern, address: str, curve_keys: Any,
+                 context: zmq.Context | None) -> None:
+        if pattern not in ("pub", "push"):
+            raise ValueError(f"pattern must be 'pub' or 'push' (got {pattern!r})")
+        self.pattern, self.address, self.curve_keys = pattern, address, curve_keys
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        self.socket: zmq.Socket | None = None
+        self.endpoint: str | None = None
+        self.subscriptions = 0
+        self.stop_event = threading.Event()
+        self._thread: Worker | None = None
+
+    def run(self) -> int:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    # -- socket ---------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after :meth:`bind`)."""
+        if self.endpoint is None:
+            raise RuntimeError(f"{type(self).__name__}.port is known after bind() (got an unbound "
+                               f"{self.NAME})")
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def bind(self) -> str:
+        """Create and bind the socket; return the real endpoint."""
+        if self.socket is not None:
+            return self.endpoint
+        self.socket, self._auth, self.endpoint = bind_source(
+            self.context, pattern=self.pattern, address=self.address, curve_keys=self.curve_keys,
+            who=self.NAME)
+        return self.endpoint
+
+    def _drain_subscriptions(self) -> None:
+        if self.pattern == "pub":
+            self.subscriptions = max(0, self.subscriptions + drain_subscriptions(self.socket))
+
+    def _send(self, parts: list[Any]) -> bool:
+        """Send one message; PUSH waits for room, checking the stop flag. False when stopped."""
+        return send_waiting(self.socket, parts, pattern=self.pattern, stop_event=self.stop_event)
+
+    # -- thread use (tests, benchmarks) ---------------------------------------------------------
+    def start(self) -> FrameSender:
+        """Bind now and send from a background thread."""
+        self.bind()
+        self._thread = Worker(name=self.NAME, stop_event=self.stop_event, work=self.run)
+        self._thread.start()
+        return self
+
+    @property
+    def error(self) -> BaseException | None:
+        """The background thread's error, if it failed."""
+        return self._thread.error if self._thread is not None else None
+
+    def maybe_raise(self) -> None:
+        """Re-raise an error of the background thread in the caller."""
+        if self._thread is not None:
+            self._thread.maybe_raise()
+
+    def _close(self, timeout: float) -> None:
+        """Stop the thread, close the socket (:attr:`CLOSE_LINGER_MS`), the authenticator and a
+        private context."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"{self.NAME} thread did not stop within {timeout} s")
+        if self.socket is not None:
+            self.socket.close(linger=self.CLOSE_LINGER_MS)
+            self.socket = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self.context.term()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop sending and close (see :meth:`_close`)."""
+        self._close(timeout)
+
+    def __enter__(self) -> FrameSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
