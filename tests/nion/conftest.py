@@ -28,8 +28,11 @@ def zmq_context():
 
 
 @pytest.fixture
-def usim(tmp_path):
-    """Swift (TestUI, memory library) with usim's STEM controller and scan device registered."""
+def usim(request, tmp_path):
+    """Swift (TestUI, memory library) with usim's STEM controller and scan device registered.
+
+    ``@pytest.mark.parametrize("usim", [True], indirect=True)``: with a Swift ``Application`` too.
+    """
     pytest.importorskip("nion.usim_device", reason="needs the nion extra: pip install n2a[nion]")
     from nion.instrumentation.test import AcquisitionTestContext
     from nion.swift.test import TestContext
@@ -38,7 +41,8 @@ def usim(tmp_path):
     setup = TestContext.TestSetup()  # Swift's test application and asyncio loop
     config = DeviceConfiguration.AcquisitionContextConfiguration(set_configuration_location=False)
     config.configuration_location = str(tmp_path)  # settings files go here, not into the cwd
-    context = AcquisitionTestContext.AcquisitionTestContext(config)
+    is_app = bool(getattr(request, "param", False))
+    context = AcquisitionTestContext.AcquisitionTestContext(config, is_app=is_app)
     try:
         yield context
     finally:
