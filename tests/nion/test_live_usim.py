@@ -6,6 +6,7 @@ Runtime) and the denoised data item read back from Swift.
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -139,7 +140,8 @@ def test_scan_frames_go_through_n2a_stream_and_come_back_into_swift(usim, zmq_co
     assert "CSS" in item.title and isinstance(out[-1].header["css"], float)
 
 
-def test_without_n2a_stream_swift_keeps_scanning_and_drops_are_counted(usim, zmq_context):
+def test_without_n2a_stream_swift_keeps_scanning_and_drops_are_counted(usim, zmq_context, caplog):
+    caplog.set_level(logging.INFO, logger="n2a.live")
     hs, dc = usim.scan_hardware_source, usim.document_controller
     sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=4).start()
     # Nothing listens on the output either.
@@ -160,3 +162,5 @@ def test_without_n2a_stream_swift_keeps_scanning_and_drops_are_counted(usim, zmq
     assert bridge.state == "no n2a-stream"
     assert "no n2a-stream subscribed" in status and f"{n} complete frames" in status
     assert usim.document_model.get_data_item_reference("n2a_usim_scan_device_a").data_item is None
+    said = [r for r in caplog.records if r.name == "n2a.live" and r.levelno == logging.WARNING]
+    assert said and "no n2a-stream subscribed" in said[0].getMessage()  # the log says so

@@ -136,3 +136,12 @@ def test_bind_failure_is_an_error_that_names_the_address(zmq_context):
             FrameSender(address=first.endpoint, context=zmq_context).start()
     finally:
         first.close()
+
+
+@pytest.mark.parametrize("module", ["nionswift_plugin.n2a_live", "nionswift_plugin.n2a_live.meta"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0, result
