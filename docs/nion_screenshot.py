@@ -129,7 +129,7 @@ def _run_swift(out: Path, timeout: float) -> int:
             panels = wc.display_panels
             panels[0].set_display_panel_display_item(dm.get_display_item_for_data_item(raw))
             panels[1].set_display_panel_display_item(dm.get_display_item_for_data_item(item))
-            state["step"], state["shot_at"] = "settle", item.metadata["n2a"]["seq"] + 3
+            state["step"], state["shot_at"] = "settle", item.metadata["n2a"]["seq"] + 8
         elif state["step"] == "settle":
             item = dm.get_data_item_reference("n2a_usim_scan_device_a").data_item
             if item.metadata["n2a"]["seq"] < state["shot_at"]:
