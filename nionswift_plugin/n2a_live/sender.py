@@ -7,9 +7,12 @@ socket, encodes with :func:`streamer.protocol.encode_frame` and sends without bl
 
 ``pattern="pub"`` (what ``n2a-stream`` subscribes to by default) binds an XPUB socket, so the worker
 knows whether an ``n2a-stream`` is subscribed: while none is, frames are not sent into the void but
-counted as ``dropped["no_receiver"]``. ``pattern="push"`` (``n2a-stream --pattern pull``) counts a
-frame it cannot hand to a connected peer at once the same way. A full ZeroMQ send buffer counts as
-``dropped["send_buffer"]``. Nothing waits on the network, nothing grows without bound.
+counted as ``dropped["no_receiver"]``. The XPUB does not drop silently when its send buffer is full
+(``XPUB_NODROP``): like PUSH (``n2a-stream --pattern pull``), it makes the worker wait for room, up
+to ``send_timeout_s``, while new frames collect in the ring; a frame that still cannot be handed
+to ZeroMQ (no PULL peer, or a peer that stopped reading) is counted as ``dropped["send_timeout"]``.
+So the only places a frame is lost are counted ones. Only the worker ever waits; nothing grows
+without bound.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from streamer.protocol import COPY_THRESHOLD, ProtocolError, encode_frame, encod
 
 __all__ = ["FrameSender"]
 
-DROP_REASONS = ("queue_full", "no_receiver", "send_buffer", "encode")
+DROP_REASONS = ("queue_full", "no_receiver", "send_timeout", "encode")
 
 
 class FrameSender:
@@ -39,18 +42,20 @@ class FrameSender:
         ``"pub"`` (XPUB; ``n2a-stream`` default) or ``"push"`` (``n2a-stream --pattern pull``).
     max_queue
         Frames waiting for the worker; the oldest is dropped (and counted) when a new one comes.
+    send_timeout_s
+        How long the worker waits for room in ZeroMQ's send buffer before counting a frame lost.
     context
         A ZeroMQ context (default: the process's shared one).
     """
 
     def __init__(self, *, address: str = "tcp://127.0.0.1:5555",
                  pattern: Literal["pub", "push"] = "pub", max_queue: int = 8,
-                 context: zmq.Context | None = None) -> None:
+                 send_timeout_s: float = 1.0, context: zmq.Context | None = None) -> None:
         if pattern not in ("pub", "push"):
             raise ValueError(f"pattern must be 'pub' or 'push' (got {pattern!r})")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1 (got {max_queue})")
-        self.address, self.pattern = address, pattern
+        self.address, self.pattern, self.send_timeout_s = address, pattern, send_timeout_s
         self._ring: collections.deque = collections.deque(maxlen=max_queue)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -58,7 +63,7 @@ class FrameSender:
         self._sock: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._started_series: set[str] = set()
+        self._started_series: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.endpoint: str | None = None
         self.offered = 0
         self.sent = 0
@@ -75,6 +80,7 @@ class FrameSender:
         sock.sndhwm = 16
         if self.pattern == "pub":
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, to count
+            sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full buffer says so (Again), never drops
         else:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no peer: send fails at once instead of queueing
         try:
@@ -141,14 +147,21 @@ class FrameSender:
                 self.subscribers = max(0, self.subscribers - 1)
 
     def _send(self, parts: list[Any]) -> bool:
-        try:
-            last = len(parts) - 1
-            for i, p in enumerate(parts):
-                big = isinstance(p, np.ndarray) and p.nbytes >= COPY_THRESHOLD
-                self._sock.send(p, (zmq.SNDMORE if i < last else 0) | zmq.NOBLOCK, copy=not big)
-            return True
-        except zmq.Again:
-            return False
+        """Hand one message to ZeroMQ, waiting up to ``send_timeout_s`` for room; False if not."""
+        deadline = time.monotonic() + self.send_timeout_s
+        while True:
+            try:
+                self._sock.send(parts[0], (zmq.SNDMORE if len(parts) > 1 else 0) | zmq.NOBLOCK)
+                break
+            except zmq.Again:  # the buffer is full, or (PUSH) no peer: wait a little, not forever
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return False
+                self._sock.poll(50, zmq.POLLOUT)
+        last = len(parts) - 1
+        for i, p in enumerate(parts[1:], start=1):  # the rest of a multipart message never blocks
+            big = isinstance(p, np.ndarray) and p.nbytes >= COPY_THRESHOLD
+            self._sock.send(p, zmq.SNDMORE if i < last else 0, copy=not big)
+        return True
 
     def _run(self) -> None:
         try:
@@ -176,12 +189,14 @@ class FrameSender:
         if series not in self._started_series:
             # A start message opens the series (a multipart message of one part; no payload).
             self._send(encode_start(series, meta=meta))
-            self._started_series.add(series)
+            self._started_series[series] = None
+            if len(self._started_series) > 64:  # remember the recent series only
+                self._started_series.popitem(last=False)
         if self._send(parts):
             self.sent += 1
             self.last_sent = (series, seq)
         else:
-            self.dropped["send_buffer" if self.pattern == "pub" else "no_receiver"] += 1
+            self.dropped["send_timeout"] += 1
 
     def stats(self) -> dict[str, Any]:
         """Counts for the status line: offered, sent, queued, dropped by reason, subscribers."""

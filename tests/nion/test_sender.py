@@ -33,7 +33,7 @@ def test_a_full_ring_drops_the_oldest_and_counts_every_frame(zmq_context):
 
 def test_push_without_a_peer_does_not_block_and_counts(zmq_context):
     sender = FrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
-                         max_queue=2).start()
+                         max_queue=2, send_timeout_s=0.2).start()
     try:
         for i in range(50):
             sender.offer(_frame(i), series="s", seq=i, t_acq_ns=i)
@@ -42,7 +42,8 @@ def test_push_without_a_peer_does_not_block_and_counts(zmq_context):
     finally:
         sender.close()
     assert sender.sent == 0
-    assert sender.dropped["no_receiver"] + sender.dropped["queue_full"] == 50
+    assert sender.dropped["send_timeout"] + sender.dropped["queue_full"] == 50
+    assert sender.dropped["send_timeout"] >= 1
 
 
 def test_sent_frames_arrive_in_order_bit_exact_with_meta(zmq_context):
@@ -145,3 +146,48 @@ def test_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_push_to_n2a_stream_pull_block_loses_nothing(zmq_context):
+    """The lossless pairing docs/nion.md recommends: N2A_LIVE_PATTERN=push, --pattern pull."""
+    from nion_testutils import BUNDLED_MODEL
+    from stream_testutils import Collector
+    from streamer.pipeline import Stream
+
+    sender = FrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
+                         max_queue=64).start()
+    stream = Stream(source=sender.endpoint, model=BUNDLED_MODEL, engine="onnxruntime",
+                    pattern="pull", policy="block").start()
+    col = Collector(_Sockets(zmq_context), stream.out_endpoint)
+    frames = [np.random.default_rng(i).poisson(3.0, (64, 64)).astype(np.uint16) for i in range(40)]
+    try:
+        wait_until(lambda: stream.subscriptions >= 1, PATIENCE, "the test to join the stream")
+        # Until the PULL peer is connected PUSH has nowhere to send: probe until one gets through.
+        probe_until(lambda: sender.offer(frames[0], series="probe", seq=0, t_acq_ns=0),
+                    lambda: len(col.frames) > 0, PATIENCE, "a first frame through n2a-stream")
+        dropped_before = sender.dropped_total
+        for i, f in enumerate(frames):
+            sender.offer(f, series="swift-x-1", seq=i, t_acq_ns=i, meta={"detector": "HAADF"})
+            wait_until(lambda: sender.queued < 32, PATIENCE, "room in the ring")  # pace, no drop
+        col.wait_for(lambda: len([m for m in col.frames if m.series.startswith("swift-x-1")])
+                     == 40, PATIENCE, "40 denoised frames")
+    finally:
+        col.stop()
+        col.sock.close(0)
+        stream.stop()
+        sender.close()
+    out = [m for m in col.frames if m.series.startswith("swift-x-1")]
+    assert [m.seq for m in out] == list(range(40))
+    for m, f in zip(out, frames):
+        np.testing.assert_array_equal(m.arrays["raw"], f)
+    assert sender.dropped_total == dropped_before and out[-1].header["dropped"] == 0
+
+
+class _Sockets:
+    def __init__(self, context) -> None:
+        self.context = context
+
+    def make(self, kind):
+        s = self.context.socket(kind)
+        s.linger = 0
+        return s
