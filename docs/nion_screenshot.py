@@ -1,4 +1,4 @@
-"""Take docs/nion-swift.png: Nion Swift scanning the usim simulated microscope, raw and n2a side by side.
+"""Take docs/nion-swift.png: Swift scanning the usim simulated microscope, raw and n2a side by side.
 
 Runs the real Swift application (its PySide6 front end), with Nion's simulated microscope
 (nionswift-usim) and the n2a plug-in loaded by Swift's own plug-in manager, and a real
@@ -6,7 +6,7 @@ Runs the real Swift application (its PySide6 front end), with Nion's simulated m
 the denoised data item has been updated a few times, lays the window out as two panels (raw | n2a),
 grabs the window and quits. Swift's profile and library go into a temporary HOME.
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python docs/nion_screenshot.py [--out docs/nion-swift.png]
+    xvfb-run -a -s "-screen 0 1400x900x24" python docs/nion_screenshot.py [--out FILE.png]
 
 (needs ``pip install -e '.[nion]'``; under Xvfb Qt uses its xcb platform, as on a desktop.)
 """
@@ -124,7 +124,8 @@ def _run_swift(out: Path, timeout: float) -> int:
             raw = dm.get_data_item_reference("usim_scan_device_a").data_item
             wc = dc.workspace_controller
             layout = Workspace.create_splitter_desc(
-                "vertical", [0.5, 0.5], [Workspace.create_image_desc(), Workspace.create_image_desc()])
+                "vertical", [0.5, 0.5],
+                [Workspace.create_image_desc(), Workspace.create_image_desc()])
             wc.change_workspace(wc.new_workspace("n2a live", layout))
             panels = wc.display_panels
             panels[0].set_display_panel_display_item(dm.get_display_item_for_data_item(raw))

@@ -1,8 +1,9 @@
 """The subscriber to ``n2a-stream``'s output: decodes each denoised frame on its own thread.
 
-Each decoded :class:`streamer.protocol.Message` goes to ``on_frame`` on the receiver thread; the Swift
-adaptor keeps only the newest per channel (a one-slot buffer) and shows it on the UI thread, so a
-slow UI never backs up the socket. Messages that do not decode are counted by reason, never raised.
+Each decoded :class:`streamer.protocol.Message` goes to ``on_frame`` on the receiver thread; the
+Swift adaptor keeps only the newest per channel (a one-slot buffer) and shows it on the UI thread,
+so a slow UI never backs up the socket. Messages that do not decode are counted by reason, never
+raised.
 """
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ class OutputReceiver:
             self._error = e
         finally:
             sock.close(0)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the worker thread stopped on (None while it runs or stopped cleanly)."""
+        return self._error
 
     def maybe_raise(self) -> None:
         if self._error is not None:

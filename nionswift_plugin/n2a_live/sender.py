@@ -114,6 +114,11 @@ class FrameSender:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
+    @property
+    def error(self) -> BaseException | None:
+        """The error the worker thread stopped on (None while it runs or stopped cleanly)."""
+        return self._error
+
     def maybe_raise(self) -> None:
         """Raise the worker's error, if it stopped on one."""
         if self._error is not None:

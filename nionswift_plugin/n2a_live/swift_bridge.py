@@ -98,7 +98,8 @@ class LiveBridge:
         if not getattr(hardware_source, "features", {}).get("is_scanning"):
             return False
         if id(hardware_source) not in self._listeners:
-            self._listeners[id(hardware_source)] = hardware_source.data_channel_updated_event.listen(
+            event = hardware_source.data_channel_updated_event
+            self._listeners[id(hardware_source)] = event.listen(
                 partial(self._on_channel_updated, hardware_source.hardware_source_id))
         return True
 
@@ -139,7 +140,8 @@ class LiveBridge:
         """Log the status when the connection state changes, and the drop counts each minute."""
         state = self.state
         now = time.monotonic()
-        if state != self._last_state or (self.sender.dropped_total and now - self._last_report > 60):
+        dropping = self.sender.dropped_total and now - self._last_report > 60
+        if state != self._last_state or dropping:
             self._last_state, self._last_report = state, now
             (log.info if state == "connected" else log.warning)("%s", self.status_text())
 
@@ -187,7 +189,7 @@ class LiveBridge:
     @property
     def state(self) -> str:
         """``connected`` (an n2a-stream subscribes), ``no n2a-stream`` or ``error``."""
-        if self.sender._error is not None or self.receiver._error is not None:
+        if self.sender.error is not None or self.receiver.error is not None:
             return "error"
         if self.sender.pattern == "pub" and self.sender.subscribers == 0:
             return "no n2a-stream"
@@ -200,7 +202,7 @@ class LiveBridge:
         head = {"connected": f"n2a live: sending to {s.subscribers} n2a-stream(s) on {s.endpoint}",
                 "no n2a-stream": f"n2a live: no n2a-stream subscribed to {s.endpoint}; frames "
                                  f"are counted as not sent, Swift is not held up",
-                "error": f"n2a live: stopped on an error ({s._error or self.receiver._error})"
+                "error": f"n2a live: stopped on an error ({s.error or self.receiver.error})"
                 }[self.state]
         return (f"{head}; {self.completed} complete frames, {s.sent} sent, dropped: {d}; "
                 f"{self.receiver.received} denoised received from {self.receiver.address}")

@@ -1,4 +1,4 @@
-"""Helpers for the Nion plug-in tests: the bundled model, pumping Swift's UI thread until a condition."""
+"""Nion plug-in test helpers: the bundled model; run Swift's UI-thread work until a condition."""
 from __future__ import annotations
 
 import time

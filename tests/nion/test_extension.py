@@ -1,4 +1,4 @@
-"""Swift's side of the plug-in: found in the nionswift_plugin namespace, created through Swift's API."""
+"""Swift's side of the plug-in: found in the nionswift_plugin namespace, made via Swift's API."""
 from __future__ import annotations
 
 import importlib
