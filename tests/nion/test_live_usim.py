@@ -164,3 +164,57 @@ def test_without_n2a_stream_swift_keeps_scanning_and_drops_are_counted(usim, zmq
     assert usim.document_model.get_data_item_reference("n2a_usim_scan_device_a").data_item is None
     said = [r for r in caplog.records if r.name == "n2a.live" and r.levelno == logging.WARNING]
     assert said and "no n2a-stream subscribed" in said[0].getMessage()  # the log says so
+
+
+def test_the_n2a_stream_command_denoises_a_swift_scan(usim, zmq_context):
+    """The same loop with the real ``n2a-stream`` command as a subprocess (as at the microscope)."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from stream_testutils import PATIENCE, LineReader, cli_env
+
+    hs, dc = usim.scan_hardware_source, usim.document_controller
+    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
+    port = sender.endpoint.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "--port", port, "--out-port", "0", "--engine",
+         "onnxruntime", "--model", str(BUNDLED_MODEL), "--status-interval", "60"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    bridge = None
+    try:
+        err = LineReader(proc.stderr)  # its first line names the output endpoint
+        first = err.wait_for_line(lambda line: " -> " in line, PATIENCE,
+                                  "n2a-stream's output endpoint")
+        found = re.search(r"-> (tcp://[\d.]+:\d+)", first)
+        assert found, f"n2a-stream did not name its output (got {first!r}; stderr {err.text!r})"
+        bridge = _bridge(usim, sender, found.group(1), zmq_context)
+        pump_until(dc, lambda: sender.subscribers >= 1, "n2a-stream to subscribe to the plug-in")
+        _start_scan(hs)
+        pump_until(dc, lambda: bridge.receiver.received >= 6, "six denoised frames back")
+        hs.stop_playing(sync_timeout=10.0)
+        n = bridge.completed
+        pump_until(dc, lambda: bridge.receiver.received == n and sender.queued == 0,
+                   f"all {n} frames denoised",
+                   detail=lambda: f"sent {sender.sent}, received {bridge.receiver.received}")
+        last = bridge.receiver.last_header
+        pump_until(dc, lambda: bridge.last_shown.get("usim_scan_device_a", (None, -1))[1]
+                   == last["seq"], "Swift to show the last denoised frame")
+        item = usim.document_model.get_data_item_reference("n2a_usim_scan_device_a").data_item
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(PATIENCE) == 0, err.join(PATIENCE)
+        summary = err.join(PATIENCE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(PATIENCE)
+        proc.stderr.close()
+        if bridge is not None:
+            bridge.close()
+        else:
+            sender.close()
+    assert sender.sent == n and sender.dropped_total == 0
+    assert last["dropped"] == 0 and last["gaps"] == 0
+    assert item.metadata["n2a"]["seq"] == last["seq"] and item.title.startswith("HAADF (n2a)")
+    assert f"{n} of {n} frames denoised" in summary, summary
