@@ -24,8 +24,9 @@ import numpy as np
 from noise2atom.checkpoint import Normalisation
 
 __all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "MODEL_SIGMA_PX",
+           "MIN_RESAMPLED_SIDE",
            "estimate_scaling", "estimate_pitch", "resample_pitches", "resample_factor", "pitch_resample_factor",
-           "denoise_resampled"]
+           "applied_zoom", "denoise_resampled"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
 SCALING_PERCENTILES: tuple[float, float] = (0.1, 99.9)
@@ -137,6 +138,21 @@ def pitch_resample_factor(frames: np.ndarray, *, max_pitch_px: float = MODEL_MAX
 
 #: Below this relative difference between the pitches the frame is denoised as it is.
 _SAME_PITCH_TOL: float = 0.01
+#: The smallest side :func:`denoise_resampled` zooms a frame to (smaller: a ValueError).
+MIN_RESAMPLED_SIDE: int = 16
+
+
+def applied_zoom(pitches: tuple[float, float] | None) -> float:
+    """The zoom :func:`denoise_resampled` applies for ``(pitch_px, target_pitch_px)`` (what
+    :func:`resample_pitches` gives): 1.0 for None or a factor within 1 % of 1 (denoised as it is).
+
+    >>> applied_zoom(None), applied_zoom((8.0, 6.0)), applied_zoom((8.0, 8.04))
+    (1.0, 0.75, 1.0)
+    """
+    if pitches is None:
+        return 1.0
+    factor = resample_factor(*pitches)
+    return 1.0 if abs(factor - 1.0) < _SAME_PITCH_TOL else factor
 
 
 def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float | None,
@@ -176,9 +192,9 @@ def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float
     from scipy.ndimage import gaussian_filter, zoom
 
     size = tuple(max(1, int(round(n * factor))) for n in f.shape)
-    if min(size) < 16:
+    if min(size) < MIN_RESAMPLED_SIDE:
         raise ValueError(f"a frame of {f.shape} at pitch {pitch_px:.3g} px resampled to {target_pitch_px:g} px "
-                         f"would be {size}: expected at least 16 px a side")
+                         f"would be {size}: expected at least {MIN_RESAMPLED_SIDE} px a side")
     zf = (size[0] / f.shape[0], size[1] / f.shape[1])
     # mode "nearest": zoom maps the last row a rounding error past the edge, which mode "constant"
     # (the default) fills with 0 (a black last row and column at some sizes, e.g. 211 -> 94)
