@@ -26,7 +26,7 @@ from noise2atom.checkpoint import Normalisation
 __all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "MODEL_SIGMA_PX",
            "MIN_RESAMPLED_SIDE",
            "estimate_scaling", "estimate_pitch", "resample_pitches", "resample_factor", "pitch_resample_factor",
-           "applied_zoom", "denoise_resampled"]
+           "applied_zoom", "series_zoom", "denoise_resampled"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
 SCALING_PERCENTILES: tuple[float, float] = (0.1, 99.9)
@@ -153,6 +153,28 @@ def applied_zoom(pitches: tuple[float, float] | None) -> float:
         return 1.0
     factor = resample_factor(*pitches)
     return 1.0 if abs(factor - 1.0) < _SAME_PITCH_TOL else factor
+
+
+def series_zoom(frames: np.ndarray, *, max_frames: int = 8) -> tuple[tuple[float, float] | None, float]:
+    """What the tools do once per series (live) or file (offline): ``(pitches, zoom)``, with
+    ``pitches`` for :func:`denoise_resampled` (None: denoise as it is) and ``zoom`` the factor it
+    applies (1.0 where no lattice is trusted, the columns already suit the model, or the zoomed
+    frame would be under :data:`MIN_RESAMPLED_SIDE` px a side).
+
+    ``frames``: (H, W) or (T, H, W) in model units; the first ``max_frames`` are used (the
+    spectrum of a few frames is enough, and its cost grows with every frame).
+
+    >>> series_zoom(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))
+    (None, 1.0)
+    """
+    a = np.asarray(frames, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[:max_frames]
+    pitches = resample_pitches(a)
+    zoom = applied_zoom(pitches)
+    if zoom == 1.0 or min(round(n * zoom) for n in a.shape[-2:]) < MIN_RESAMPLED_SIDE:
+        return None, 1.0
+    return pitches, zoom
 
 
 def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float | None,

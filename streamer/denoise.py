@@ -112,21 +112,14 @@ class Denoiser(Worker):
 
     def _resample_for(self, item: InFrame) -> None:
         """The series' zoom, from the same first frame as its scaling; fixed within the series."""
-        from noise2atom.scaling import MIN_RESAMPLED_SIDE, applied_zoom, resample_pitches
+        from noise2atom.scaling import series_zoom
 
         t0 = time.perf_counter_ns()
-        pitches = resample_pitches(self.norm.to_model(item.raw))
-        zoom = applied_zoom(pitches)
-        if min(round(n * zoom) for n in item.raw.shape) < MIN_RESAMPLED_SIDE:
-            log.warning("n2a-stream: series %.300s: not resampled (a %s frame zoomed by %.3g would "
-                        "be under %d px a side)", item.series.name, item.raw.shape, zoom,
-                        MIN_RESAMPLED_SIDE)
-            pitches, zoom = None, 1.0
-        self.pitches, self.zoom = (pitches if zoom != 1.0 else None), zoom
-        log.info("n2a-stream: series %.300s: %s; zoom %.3f (estimated in %.0f ms)", item.series.name,
-                 "no lattice trusted" if pitches is None else
-                 f"lattice pitch {pitches[0]:.2f} px, resampled to {pitches[1]:.2f} px",
-                 zoom, (time.perf_counter_ns() - t0) / 1e6)
+        self.pitches, self.zoom = series_zoom(self.norm.to_model(item.raw))
+        log.info("n2a-stream: series %.300s: %s (estimated in %.0f ms)", item.series.name,
+                 "denoised at its own sampling" if self.pitches is None else
+                 f"lattice pitch {self.pitches[0]:.2f} px zoomed x{self.zoom:.3f}",
+                 (time.perf_counter_ns() - t0) / 1e6)
 
     def process(self, item: InFrame) -> OutFrame | None:
         t0 = time.perf_counter_ns()
