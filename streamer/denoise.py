@@ -67,6 +67,10 @@ class Denoiser(Worker):
         self.resample = resample
         self.pitches: tuple[float, float] | None = None  # (pitch, target pitch) of this series
         self.zoom: float | None = None  # the zoom applied in this series (None: resampling off)
+        if resample:  # imported now, not on the first frame (~0.5 s: frames would queue or drop)
+            import noise2atom.prior  # noqa: F401
+            import scipy.ndimage  # noqa: F401
+            import scipy.stats  # noqa: F401
         self.model_id, self.learner = model_id, learner
         self._learn_key: tuple | None = None
         self._learn_meta: Any = None
