@@ -259,6 +259,25 @@ def _open(model: Path, config: EngineConfig):
         raise _UsageError(str(e)) from e
 
 
+def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, training, flags,
+              pitches, zoom) -> dict:
+    """The ``n2a`` entry of an output's metadata: what made it and how."""
+    return {
+        "source": stack.source,
+        "model": info["model"],
+        "engine": info,
+        "engine_config": engine.engine_config.model_dump(mode="json"),
+        "units": "display [0, 1]" if args.units == "display" else "raw detector units",
+        "normalisation": norm.model_dump(),
+        # the zoom the frames were denoised at (1.0: their own sampling; None: --no-resample/--fit)
+        "resample": zoom,
+        "resample_pitch_px": None if pitches is None else {"lattice": pitches[0], "denoised_at": pitches[1]},
+        "training_normalisation": training.normalisation.model_dump(),
+        "flags": sorted({f for frame_flags in flags for f in frame_flags}),
+        "flags_per_frame": flags,
+    }
+
+
 def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argparse.Namespace) -> None:
     """Read, scale, denoise, check, write and report one input file."""
     from tqdm import tqdm
@@ -289,20 +308,7 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
             raise _UsageError(f"{src}: {e}") from e
     seconds = time.perf_counter() - t0
     meta = dict(stack.meta)
-    meta["n2a"] = {
-        "source": stack.source,
-        "model": info["model"],
-        "engine": info,
-        "engine_config": engine.engine_config.model_dump(mode="json"),
-        "units": "display [0, 1]" if args.units == "display" else "raw detector units",
-        "normalisation": norm.model_dump(),
-        # the zoom the frames were denoised at (1.0: their own sampling; None: --no-resample/--fit)
-        "resample": zoom,
-        "resample_pitch_px": None if pitches is None else {"lattice": pitches[0], "denoised_at": pitches[1]},
-        "training_normalisation": training.normalisation.model_dump(),
-        "flags": sorted({f for frame_flags in flags for f in frame_flags}),
-        "flags_per_frame": flags,
-    }
+    meta["n2a"] = _n2a_meta(stack, info, engine, args, norm, training, flags, pitches, zoom)
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
     fps = len(denoised) / seconds if seconds > 0 else float("inf")
