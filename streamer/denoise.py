@@ -1,10 +1,10 @@
 """The denoise stage: raw frame -> model units -> engine -> [0, 1] float32, in its own thread.
 
 Fed by the bounded queue from the receive stage, feeding the one to the publish stage. The input
-scaling is the series' own, and so is the sampling the network sees it at (see :class:`Denoiser`); an engine error or a non-finite output on one
-frame is counted (``engine_error``, ``non_finite_output``) and the next frame goes on, until the
-engine has failed on ``max_failures`` frames in a row (:class:`EngineFailedError` stops the stream).
-With a learner (``n2a-stream --learn``) the frame is offered to it, and a better engine it made is
+scaling is the series' own, and so is the sampling the network sees it at (see :class:`Denoiser`);
+an engine error or a non-finite output on one frame is counted (``engine_error``,
+``non_finite_output``) and the next frame goes on, until the engine has failed on ``max_failures``
+frames in a row (:class:`EngineFailedError` stops the stream). With a learner (``n2a-stream --learn``) the frame is offered to it, and a better engine it made is
 swapped in between two frames.
 """
 from __future__ import annotations
@@ -43,10 +43,10 @@ class Denoiser(Worker):
 
     With ``resample`` (the default) the same first frame also gives the zoom that brings the atom
     columns' estimated width to the one the bundled model denoises best
-    (:func:`noise2atom.scaling.resample_pitches`, ``MODEL_SIGMA_PX``); every frame of the series is
-    zoomed by it, denoised and zoomed back to its own shape
+    (:func:`noise2atom.scaling.series_zoom`: ``MODEL_SIGMA_PX``, zooms within ``ZOOM_RANGE``); every
+    frame of the series is zoomed by it, denoised and zoomed back to its own shape
     (:func:`noise2atom.scaling.denoise_resampled`). The zoom goes into every output header
-    (``resample``: 1.0 where no lattice is trusted; nil with ``resample=False``). The estimate runs
+    (``resample``: 1.0 where it is denoised as it is; nil with ``resample=False``). The estimate runs
     here, once per series (an FFT and ring medians: ~80 ms at 512², ~0.4 s at 1024² on a 2-core
     CPU): frames arriving meanwhile wait in the input queue like behind a slow frame.
     """

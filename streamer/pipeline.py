@@ -96,7 +96,7 @@ class StreamConfig(BaseModel):
                                                 "SSIMs per frame on a busy CPU)")
     resample: bool = Field(default=True, description="zoom each series so its atom columns' "
                            "estimated width is the one the model denoises best, and back "
-                           "(noise2atom.scaling.resample_pitches, estimated once per series; the "
+                           "(noise2atom.scaling.series_zoom, estimated once per series; the "
                            "zoom goes into each output header as 'resample'); off: frames are "
                            "denoised at their own sampling")
     max_queue: int = Field(default=4, ge=1, le=10_000,

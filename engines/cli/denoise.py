@@ -18,8 +18,8 @@ Each file is also zoomed so its atom columns' estimated width suits the model
 (:func:`noise2atom.scaling.series_zoom` on its first frames, fixed for the file), denoised, and
 zoomed back to its own shape; the zoom is in the summary line and the metadata (``n2a.resample``:
 1.0 where no lattice is trusted, None with ``--no-resample`` or ``--fit``, whose model is fitted to
-the file at its own sampling). One input: ``OUT`` is the output file. Several inputs: ``OUT`` is a folder and each ``a.tif``
-becomes ``OUT/a.denoised.tif``.
+the file at its own sampling). One input: ``OUT`` is the output file. Several inputs: ``OUT`` is
+a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
 
 Every frame goes through the fidelity guard (:mod:`noise2atom.guard`): clipped input, flat output,
 structure in the residual, input out of the model's training range. Any flag is reported in the
