@@ -4,8 +4,8 @@ Fed by the bounded queue from the receive stage, feeding the one to the publish 
 scaling is the series' own, and so is the sampling the network sees it at (see :class:`Denoiser`);
 an engine error or a non-finite output on one frame is counted (``engine_error``,
 ``non_finite_output``) and the next frame goes on, until the engine has failed on ``max_failures``
-frames in a row (:class:`EngineFailedError` stops the stream). With a learner (``n2a-stream --learn``) the frame is offered to it, and a better engine it made is
-swapped in between two frames.
+frames in a row (:class:`EngineFailedError` stops the stream). With a learner (``n2a-stream
+--learn``) the frame is offered to it, and a better engine it made is swapped in between two frames.
 """
 from __future__ import annotations
 
