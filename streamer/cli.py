@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="rolling CSS window in frames (10)")
     eng.add_argument("--no-css", dest="css", action="store_false",
                      help="do not compute CSS (the css fields are nil; saves two SSIMs per frame)")
+    eng.add_argument("--no-resample", dest="resample", action="store_false",
+                     help="denoise frames at their own sampling (default: zoom each series so its "
+                          "atom columns' estimated width suits the model, and back; the zoom is in "
+                          "each output header as 'resample')")
     eng.add_argument("--max-engine-failures", type=_positive_int, default=50,
                      help="stop when the engine fails on this many frames in a row (50); a "
                           "failure on fewer is counted and the stream goes on")
@@ -174,7 +178,8 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> A
         return StreamConfig(
             source=source, out=f"tcp://{args.bind}:{out_port}", pattern=args.pattern,
             policy=args.policy, with_raw=args.with_raw, model=args.model, engine=engine,
-            css_window=args.css_window, css=args.css, max_queue=args.max_queue,
+            css_window=args.css_window, css=args.css, resample=args.resample,
+            max_queue=args.max_queue,
             record=args.record, max_frame_bytes=args.max_frame_bytes, buffer_mb=args.buffer_mb,
             max_engine_failures=args.max_engine_failures,
             curve_keys=args.curve_keys, denoise_delay_ms=args.denoise_delay_ms, learn=learn_config)

@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--engine", default="onnxruntime", help="engine back end (onnxruntime: CPU)")
     p.add_argument("--headless", action="store_true", help="never start the viewer")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="pass --no-resample to n2a-stream (denoise at the frames' own sampling)")
     p.add_argument("--record", help="also record raw and denoised frames to this directory")
     return p
 
@@ -128,6 +130,8 @@ def _start_stream(args: argparse.Namespace, env: dict[str, str], endpoint: str, 
         cmd += ["--model", args.model]
     if args.record:
         cmd += ["--record", args.record]
+    if not args.resample:
+        cmd += ["--no-resample"]
     stream = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     procs.append(("n2a-stream", stream))

@@ -94,6 +94,11 @@ class StreamConfig(BaseModel):
     css: bool = Field(default=True, description="compute the rolling CSS of raw and denoised "
                                                 "frames (off: the css fields are nil; saves two "
                                                 "SSIMs per frame on a busy CPU)")
+    resample: bool = Field(default=True, description="zoom each series so its atom columns' "
+                           "estimated width is the one the model denoises best, and back "
+                           "(noise2atom.scaling.series_zoom, estimated once per series; the "
+                           "zoom goes into each output header as 'resample'); off: frames are "
+                           "denoised at their own sampling")
     max_queue: int = Field(default=4, ge=1, le=10_000,
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")
@@ -310,7 +315,8 @@ class Stream:
                             input_done=self.input_done, stop_event=self.denoise_stop,
                             delay_s=cfg.denoise_delay_ms / 1000,
                             max_failures=cfg.max_engine_failures, engine_name=self.engine_name,
-                            model_id=self.model_id, learner=self.learner)
+                            model_id=self.model_id, learner=self.learner,
+                            resample=cfg.resample)
         make_css, make_guard = self._measures()
         publisher = Publisher(socket=self._out_sock, queue=self.outq, stats=self.stats,
                               stop_event=self.publish_stop, make_css=make_css,
@@ -502,6 +508,7 @@ class Stream:
             "css_mean": last.get("css_mean"), "css_raw_mean": last.get("css_raw_mean"),
             "meta_mismatch": last.get("meta_mismatch") or [],
             "flags": last.get("flags") or [],
+            "resample": last.get("resample"),
         }
 
     def status_line(self) -> str:
@@ -517,6 +524,8 @@ class Stream:
                 f"frames {s['published']}/{s['frames_in']} | dropped {s['dropped']} | "
                 f"gaps {s['gaps']} | rejected {s['rejected']} | "
                 f"CSS raw {f(s['css_raw_mean'], '.3f')} denoised {f(s['css_mean'], '.3f')}")
+        if s["resample"] is not None and s["resample"] != 1.0:
+            line += f" | resampled x{s['resample']:.2f}"
         if s["meta_mismatch"]:
             line += f" | META MISMATCH: {', '.join(s['meta_mismatch'])}"
         if s["flags"]:

@@ -8,8 +8,9 @@ A message is a ZeroMQ multipart message ``[header, payload, (payload2, ...)]``:
   :data:`ALLOWED_DTYPES`), ``t_acq_ns`` (int, ``0 <= t_acq_ns < 2**63``) and an optional ``meta``:
   a flat map of acquisition settings (scalars and short lists, at most :data:`MAX_META_BYTES`
   bytes; see :func:`check_meta`). Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
-  ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch``, ``flags`` and ``parts`` (the
-  names of the payload parts, e.g. ``["denoised", "raw"]``).
+  ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch``, ``flags``, ``resample``
+  (the zoom the frame was denoised at, or nil) and ``parts`` (the names of the payload parts, e.g.
+  ``["denoised", "raw"]``).
 - each payload is the raw little-endian C-order bytes of one (H, W) array, exactly
   ``H * W * itemsize`` long. All parts share ``shape``; ``dtype`` is the first part's dtype and the
   optional ``dtypes`` list gives one dtype per part when they differ (the denoised output is float32,
@@ -109,6 +110,7 @@ OUTPUT_FIELDS: dict[str, tuple[type, ...]] = {
     "meta_mismatch": (list,),
     "flags": (list,),
     "learn": (dict,),
+    "resample": (float, int, type(None)),
 }
 
 
@@ -510,7 +512,7 @@ def _check_part_names(header: dict[str, Any]) -> None:
 
 
 def _check_output_fields(header: dict[str, Any]) -> None:
-    """The types of the :data:`OUTPUT_FIELDS` present (finite CSS values)."""
+    """The types of the :data:`OUTPUT_FIELDS` present (finite CSS values, a zoom > 0)."""
     for key, types in OUTPUT_FIELDS.items():
         if key in header:
             value = header[key]
@@ -518,6 +520,9 @@ def _check_output_fields(header: dict[str, Any]) -> None:
                 isinstance(value, types) and not isinstance(value, bool))
             if ok and isinstance(value, float) and key.startswith("css") and not math.isfinite(value):
                 ok = False
+            if ok and key == "resample" and value is not None and not (math.isfinite(value) and value > 0):
+                raise ProtocolError(f"output field 'resample' must be a finite zoom factor > 0 or nil "
+                                    f"(got {value!r})", reason="field")
             if not ok:
                 names = "/".join(t.__name__ for t in types)
                 raise ProtocolError(f"output field {key!r} must be {names} (got {value!r})",

@@ -4,7 +4,7 @@
 
     n2a-denoise INPUT... [--model MODEL] --out OUT [--engine auto|pytorch|onnxruntime|tensorrt]
                 [--device cpu|cuda[:N]] [--precision fp32|fp16|bf16] [--threads N]
-                [--batch N] [--units display|raw] [--overwrite]
+                [--batch N] [--units display|raw] [--no-resample] [--overwrite]
 
 The engine settings are an `engines.EngineConfig` (same defaults as ``n2a-stream`` and the plan
 builder); the one used goes into each output's metadata (``n2a.engine_config``).
@@ -14,8 +14,12 @@ from the file's own frames (:func:`noise2atom.scaling.estimate_scaling`, any dty
 gain; the checkpoint's training ``normalisation`` only says how far the input is from what the
 model was trained on), denoised in batches, and written as a float32 TIFF stack with the source's
 metadata plus an ``n2a`` entry (model id, engine, units, the scaling used, the fidelity flags).
-One input: ``OUT`` is the output file. Several inputs: ``OUT`` is a folder and each ``a.tif``
-becomes ``OUT/a.denoised.tif``.
+Each file is also zoomed so its atom columns' estimated width suits the model
+(:func:`noise2atom.scaling.series_zoom` on its first frames, fixed for the file), denoised, and
+zoomed back to its own shape; the zoom is in the summary line and the metadata (``n2a.resample``:
+1.0 where no lattice is trusted, None with ``--no-resample`` or ``--fit``, whose model is fitted to
+the file at its own sampling). One input: ``OUT`` is the output file. Several inputs: ``OUT`` is
+a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
 
 Every frame goes through the fidelity guard (:mod:`noise2atom.guard`): clipped input, flat output,
 structure in the residual, input out of the model's training range. Any flag is reported in the
@@ -65,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
     p.add_argument("--units", choices=("display", "raw"), default="display",
                    help="display: [0, 1] (default); raw: the input's detector units")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="denoise at the file's own sampling (default: zoom each file so its atom "
+                        "columns' estimated width suits the model, denoise, zoom back)")
     p.add_argument("--fit", action="store_true",
                    help="first fine-tune the model on the inputs themselves (self-supervised "
                         "blind-spot loss; a held-back stripe of rows scores it), then denoise")
@@ -102,19 +109,44 @@ def _check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, batch:
             raise _UsageError(f"output folder is a file: {path.parent}")
 
 
-def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard) -> tuple[np.ndarray, list[list[str]]]:
-    """Denoise a stack; returns the output and each frame's guard flags."""
+def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
+                  pitches=None) -> tuple[np.ndarray, list[list[str]]]:
+    """Denoise a stack (zoomed by ``pitches`` for :func:`noise2atom.scaling.denoise_resampled`,
+    one frame per engine call, when given); returns the output and each frame's guard flags."""
+    from noise2atom.scaling import denoise_resampled
+
     frames = stack.frames
     out = np.empty(frames.shape, np.float32)
     flags: list[list[str]] = []
     for start in range(0, len(frames), batch):
-        chunk = norm.to_model(frames[start:start + batch])
-        y = engine.infer(np.ascontiguousarray(chunk, dtype=np.float32))
+        chunk = np.ascontiguousarray(norm.to_model(frames[start:start + batch]), dtype=np.float32)
+        if pitches is None:
+            y = engine.infer(chunk)
+        else:
+            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0])
+                          for x in chunk])
         display = norm.from_model(y)
         flags.extend(guard.check(raw, den) for raw, den in zip(frames[start:start + len(y)], display))
         out[start:start + len(y)] = display if units == "display" else norm.to_raw(y)
         progress.update(len(y))
     return out, flags
+
+
+def _resampling(norm, frames: np.ndarray, args: argparse.Namespace):
+    """``(pitches, zoom)`` for this file: estimated on its first frames, fixed for all of them;
+    ``(None, None)`` with ``--no-resample`` and with ``--fit`` (the model is fitted to the file at
+    its own sampling)."""
+    from noise2atom.scaling import series_zoom
+
+    if not args.resample or args.fit:
+        return None, None
+    return series_zoom(norm.to_model(frames[:8]))
+
+
+def _resample_text(zoom: float | None, args: argparse.Namespace) -> str:
+    if zoom is None:
+        return "not resampled (--fit)" if args.resample else "not resampled (--no-resample)"
+    return f"resampled x{zoom:.3f}" if zoom != 1.0 else "resample x1 (no lattice trusted, or already suited)"
 
 
 def _warning_line(src: Path, flags: list[list[str]]) -> str | None:
@@ -227,6 +259,25 @@ def _open(model: Path, config: EngineConfig):
         raise _UsageError(str(e)) from e
 
 
+def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, training, flags,
+              pitches, zoom) -> dict:
+    """The ``n2a`` entry of an output's metadata: what made it and how."""
+    return {
+        "source": stack.source,
+        "model": info["model"],
+        "engine": info,
+        "engine_config": engine.engine_config.model_dump(mode="json"),
+        "units": "display [0, 1]" if args.units == "display" else "raw detector units",
+        "normalisation": norm.model_dump(),
+        # the zoom the frames were denoised at (1.0: their own sampling; None: --no-resample/--fit)
+        "resample": zoom,
+        "resample_pitch_px": None if pitches is None else {"lattice": pitches[0], "denoised_at": pitches[1]},
+        "training_normalisation": training.normalisation.model_dump(),
+        "flags": sorted({f for frame_flags in flags for f in frame_flags}),
+        "flags_per_frame": flags,
+    }
+
+
 def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argparse.Namespace) -> None:
     """Read, scale, denoise, check, write and report one input file."""
     from tqdm import tqdm
@@ -247,25 +298,17 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
         raise _UsageError(f"{src}: cannot scale its frames: {e}") from e
     guard = FidelityGuard(norm, dtype=stack.frames.dtype, reference=training)
     t0 = time.perf_counter()
+    pitches, zoom = _resampling(norm, stack.frames, args)
     with tqdm(total=len(stack.frames), unit="frame", desc=src.name, disable=args.quiet,
               file=sys.stderr) as progress:
         try:
-            denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units, progress, guard)
+            denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units, progress, guard,
+                                            pitches)
         except engines.EngineError as e:
             raise _UsageError(f"{src}: {e}") from e
     seconds = time.perf_counter() - t0
     meta = dict(stack.meta)
-    meta["n2a"] = {
-        "source": stack.source,
-        "model": info["model"],
-        "engine": info,
-        "engine_config": engine.engine_config.model_dump(mode="json"),
-        "units": "display [0, 1]" if args.units == "display" else "raw detector units",
-        "normalisation": norm.model_dump(),
-        "training_normalisation": training.normalisation.model_dump(),
-        "flags": sorted({f for frame_flags in flags for f in frame_flags}),
-        "flags_per_frame": flags,
-    }
+    meta["n2a"] = _n2a_meta(stack, info, engine, args, norm, training, flags, pitches, zoom)
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_stack(dst, denoised, meta=meta, overwrite=args.overwrite)
     fps = len(denoised) / seconds if seconds > 0 else float("inf")
@@ -273,7 +316,7 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
     # so hot pixels do not squash the raw sequence's min-max mapping.
     raw_seen = norm.from_model(norm.to_model(stack.frames))
     print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
-          f"{fps:.2f} frames/s; {_css_line(raw_seen, denoised)}")
+          f"{fps:.2f} frames/s; {_resample_text(zoom, args)}; {_css_line(raw_seen, denoised)}")
     warning = _warning_line(src, flags)
     if warning is not None:
         print(warning)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noise2atom.scaling import denoise_resampled, estimate_pitch, resample_factor, resample_pitches
+from noise2atom.scaling import (ZOOM_RANGE, applied_zoom, denoise_resampled, estimate_pitch, estimate_scaling,
+                                resample_factor, resample_pitches, series_zoom)
 from noise2atom.stem_sim import StemSimulator
 
 
@@ -88,3 +89,21 @@ def test_bad_input_is_refused_with_what_was_got():
         denoise_resampled(np.zeros((40, 40), np.float32), 4.0, 40.0, lambda x: x)
     with pytest.raises(ValueError, match=r"changed the shape"):
         denoise_resampled(np.zeros((64, 64), np.float32), 6.0, 12.0, lambda x: x[:-1])
+
+
+def _model_units(sigma_px: float, pitch_px: float, shape=(256, 256)) -> np.ndarray:
+    f = StemSimulator(shape=shape, scene="crystal", sigma_px=sigma_px, pitch_px=pitch_px, peak_counts=20,
+                      seed=3).frame(0).noisy
+    return estimate_scaling(f).to_model(f)
+
+
+def test_series_zoom_applies_only_zooms_inside_its_range():
+    narrow = _model_units(0.8, 7.0)
+    pitches, zoom = series_zoom(narrow)
+    assert pitches is not None and ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1] and zoom > 1.2
+    assert zoom == pytest.approx(applied_zoom(resample_pitches(narrow)))
+    wide = _model_units(5.0, 24.0)  # columns 5 px wide: a zoom of ~0.25, outside the range
+    assert applied_zoom(resample_pitches(wide)) < ZOOM_RANGE[0]
+    assert series_zoom(wide) == (None, 1.0)
+    noise = np.random.default_rng(0).normal(size=(4, 96, 96)).astype(np.float32)
+    assert series_zoom(noise) == (None, 1.0)
