@@ -102,9 +102,10 @@ class ModelDenoiser:
     """An n2a checkpoint through `engines.open_engine` (ONNX Runtime, CPU), input scaling from the
     series being denoised (`noise2atom.scaling.estimate_scaling`, fixed within the series)."""
 
-    def __init__(self, checkpoint: Path, threads: int = 1) -> None:
+    def __init__(self, checkpoint: Path, threads: int = 1, *, resample: bool = True) -> None:
         self.checkpoint = Path(checkpoint)
         self.threads = threads
+        self.resample = resample  # off for a model fitted on the data: n2a-denoise --fit keeps its sampling
         self._engine = None
 
     def __enter__(self) -> "ModelDenoiser":
@@ -120,20 +121,23 @@ class ModelDenoiser:
             self._engine = None
 
     def for_series(self, frames: np.ndarray):
+        """The bundled model as ``n2a-denoise`` runs it on a file: scaling from the frames, and
+        the file's zoom (``noise2atom.scaling.series_zoom``: columns to the model's width) fixed
+        for all of them."""
+        from noise2atom.scaling import denoise_resampled, series_zoom
+
         scaling = estimate_scaling(frames)
         engine = self._engine
+        pitches = series_zoom(scaling.to_model(np.asarray(frames)))[0] if self.resample else None
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return engine.infer(x[None])[0]
 
         def f(frame: np.ndarray) -> np.ndarray:
-            y = engine.infer(scaling.to_model(np.asarray(frame))[None])[0]
+            x = scaling.to_model(np.asarray(frame))
+            y = infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer)
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
-        try:  # where the product resamples oversampled lattices to the model's pitch, do the same
-            from noise2atom.scaling import MODEL_PITCH_PX, denoise_resampled, pitch_resample_factor
-        except ImportError:
-            return f
-        factor = pitch_resample_factor(np.asarray(frames))
-        if factor >= 1.0:
-            return f
-        return lambda frame: denoise_resampled(frame, MODEL_PITCH_PX, MODEL_PITCH_PX / factor, f)
+        return f
 
 
 def fit_model(frames: np.ndarray, out: Path, *, minutes: float, gain: float | None, offset: float,
@@ -216,7 +220,7 @@ def run_series(s: Series, *, model: ModelDenoiser | None, fitted: Path | None = 
     if model is not None:
         add("n2a_bundled", model.for_series(frames if scaling_frames is None else scaling_frames))
     if fitted is not None:
-        with ModelDenoiser(fitted) as m:
+        with ModelDenoiser(fitted, resample=False) as m:
             add("n2a_fitted", m.for_series(frames if scaling_frames is None else scaling_frames))
         rows["n2a_fitted"]["training"] = fit_note
     return rows
@@ -377,7 +381,7 @@ def real_images(args, model: ModelDenoiser, work: Path, log) -> list[dict]:
             quads = np.stack([img[r:r + h, c:c + w] for r in (0, h) for c in (0, w)])
             path = work / f"real{i}.safetensors"
             fit_note = fit_model(quads, path, minutes=args.fit_minutes, gain=None, offset=0.0, quick=args.quick)
-            with ModelDenoiser(path) as m:
+            with ModelDenoiser(path, resample=False) as m:
                 outs["n2a fitted on the image"] = m.for_series(img[None])(img)
         row = {"name": name, "note": note, "shape": list(img.shape), "fit": fit_note,
                "checks": {k: not_flat_checks(v, img) for k, v in outs.items() if k != "raw"}}
