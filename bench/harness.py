@@ -113,7 +113,7 @@ class OutputClient(threading.Thread):
                 continue
             row = {"seq": m.seq, "model": m.header.get("model"), "learn": m.header.get("learn"),
                    "t": t / 1e9, "latency_ms": (t - m.t_acq_ns) / 1e6, "dropped": m.header.get("dropped", 0),
-                   "timing": m.header.get("timing", {})}
+                   "timing": m.header.get("timing", {}), "resample": m.header.get("resample")}
             if self.keep_denoised:
                 row["denoised"] = np.array(m.arrays["denoised"])
             self.rows.append(row)

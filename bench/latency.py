@@ -72,7 +72,7 @@ def _gpu() -> str:
 
 def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
                saturated: bool, css: bool = True, engine: str = "onnxruntime", device: str | None = None,
-               skip: int = 0) -> dict:
+               skip: int = 0, resample: bool = True) -> dict:
     from streamer.pipeline import Stream
     from streamer.replay import Replay
 
@@ -82,7 +82,8 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
                     pattern=pattern, wait_subscribers=0 if saturated else 1)
     stream = Stream(source=replay.bind(), model=model, engine=engine, device=device,
                     pattern="pull" if saturated else "sub",
-                    policy="block" if saturated else "latest", max_queue=2, css=css).start()
+                    policy="block" if saturated else "latest", max_queue=2, css=css,
+                    resample=resample).start()
     client = OutputClient(ctx, stream.out_endpoint, skip=skip)
     client.start()
     deadline = time.monotonic() + 10
@@ -99,8 +100,8 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     client.close()
     replay.close()
     ctx.term()
-    stages = {k: float(np.median([r["timing"][k] for r in client.rows])) / 1e6
-              for k in ("receive", "queue", "normalise", "denoise", "css", "receive_to_publish")}
+    stages = {k: float(np.median([r["timing"].get(k) or 0 for r in client.rows])) / 1e6
+              for k in ("receive", "queue", "normalise", "resample", "denoise", "css", "receive_to_publish")}
     # Throughput from the first to the last output received (the first frame's start-up excluded);
     # the client's receive times, so a run that ends before this loop first looks is still timed.
     rows = client.rows[:got]
@@ -109,7 +110,8 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     lat = np.array(client.latency_ms)
     return {"received": got, "sent": n, "dropped": summary["dropped"],
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "stages": stages, "fps_out": fps_out, "engine": engine_name, "selected": selected}
+            "stages": stages, "fps_out": fps_out, "engine": engine_name, "selected": selected,
+            "zoom": rows[-1].get("resample") if rows else None}
 
 
 def main(argv: list[str] | None = None) -> int:
