@@ -57,7 +57,7 @@ class N2ALiveExtension:
             return
         from nion.instrumentation import HardwareSource
 
-        from .sender import FrameSender
+        from .sender import ScanFrameSender
         from .swift_bridge import LiveBridge
 
         api = api_broker.get_api(version="~1.0", ui_version="~1.0")
@@ -69,7 +69,7 @@ class N2ALiveExtension:
                 controllers[0].queue_task(task)
 
         try:
-            sender = FrameSender(address=settings["address"], pattern=settings["pattern"],
+            sender = ScanFrameSender(address=settings["address"], pattern=settings["pattern"],
                                  max_queue=settings["max_queue"]).start()
         except OSError as e:
             logging.getLogger("n2a.live").error("%s: the n2a plug-in is off", e)

@@ -1,6 +1,6 @@
 """The bounded, non-blocking publisher of completed frames (protocol v1), on its own thread.
 
-The caller (Swift's acquisition thread) only ever calls :meth:`FrameSender.offer`, which puts the
+The caller (Swift's acquisition thread) only ever calls :meth:`ScanFrameSender.offer`, which puts the
 frame into a small ring and returns at once: the ring keeps the newest ``max_queue`` frames and
 counts every frame pushed out of it (``dropped["queue_full"]``). A worker thread owns the ZeroMQ
 socket, encodes with :func:`streamer.protocol.encode_frame` and sends without blocking.
@@ -26,12 +26,12 @@ import zmq
 
 from streamer.protocol import COPY_THRESHOLD, ProtocolError, encode_frame, encode_start
 
-__all__ = ["FrameSender"]
+__all__ = ["ScanFrameSender"]
 
 DROP_REASONS = ("queue_full", "no_receiver", "send_timeout", "encode")
 
 
-class FrameSender:
+class ScanFrameSender:
     """Publish frames from any thread without waiting; the worker sends them.
 
     Parameters
@@ -73,7 +73,7 @@ class FrameSender:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
 
     # -- owner side ---------------------------------------------------------------------------
-    def start(self) -> FrameSender:
+    def start(self) -> ScanFrameSender:
         """Bind (an error here is raised to the caller) and start the worker."""
         sock = self._context.socket(zmq.XPUB if self.pattern == "pub" else zmq.PUSH)
         sock.linger = 0

@@ -1,4 +1,4 @@
-"""The thin Swift adaptor: scan hardware sources -> :class:`FrameSender`; n2a output -> data items.
+"""The thin Swift adaptor: scan hardware sources -> :class:`ScanFrameSender`; n2a output -> data items.
 
 Threads (none of them waits on the network):
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from .meta import SeriesNumbering, swift_meta, wire_frame
 from .receiver import OutputReceiver
-from .sender import FrameSender
+from .sender import ScanFrameSender
 
 __all__ = ["LiveBridge"]
 
@@ -48,7 +48,7 @@ class LiveBridge:
     Parameters
     ----------
     sender
-        A started :class:`FrameSender` (its endpoint is what ``n2a-stream`` subscribes to).
+        A started :class:`ScanFrameSender` (its endpoint is what ``n2a-stream`` subscribes to).
     output_address
         ``n2a-stream``'s output endpoint, e.g. ``tcp://127.0.0.1:5556``.
     queue_task
@@ -57,7 +57,7 @@ class LiveBridge:
         Returns the current ``DocumentModel`` (or ``None`` while no window is open).
     """
 
-    def __init__(self, *, sender: FrameSender, output_address: str,
+    def __init__(self, *, sender: ScanFrameSender, output_address: str,
                  queue_task: Callable[[Callable[[], None]], None],
                  get_document_model: Callable[[], Any], context=None) -> None:
         self.sender = sender

@@ -19,7 +19,7 @@ pytest.importorskip("nion.usim_device", reason="needs the nion extra: pip instal
 from nion.instrumentation import HardwareSource  # noqa: E402
 from nion.utils import Geometry  # noqa: E402
 
-from nionswift_plugin.n2a_live.sender import FrameSender  # noqa: E402
+from nionswift_plugin.n2a_live.sender import ScanFrameSender  # noqa: E402
 from nionswift_plugin.n2a_live.swift_bridge import LiveBridge  # noqa: E402
 from stream_testutils import Collector  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_scan_frames_go_through_n2a_stream_and_come_back_into_swift(usim, zmq_co
     from streamer.pipeline import Stream
 
     hs, dc = usim.scan_hardware_source, usim.document_controller
-    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
     stream = Stream(source=sender.endpoint, model=BUNDLED_MODEL, engine="onnxruntime").start()
     bridge = _bridge(usim, sender, stream.out_endpoint, zmq_context)
 
@@ -143,7 +143,7 @@ def test_scan_frames_go_through_n2a_stream_and_come_back_into_swift(usim, zmq_co
 def test_without_n2a_stream_swift_keeps_scanning_and_drops_are_counted(usim, zmq_context, caplog):
     caplog.set_level(logging.INFO, logger="n2a.live")
     hs, dc = usim.scan_hardware_source, usim.document_controller
-    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=4).start()
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=4).start()
     # Nothing listens on the output either.
     bridge = _bridge(usim, sender, "tcp://127.0.0.1:1", zmq_context)
     try:
@@ -176,7 +176,7 @@ def test_the_n2a_stream_command_denoises_a_swift_scan(usim, zmq_context):
     from stream_testutils import PATIENCE, LineReader, cli_env
 
     hs, dc = usim.scan_hardware_source, usim.document_controller
-    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
     port = sender.endpoint.rsplit(":", 1)[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamer.cli", "--port", port, "--out-port", "0", "--engine",

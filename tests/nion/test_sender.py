@@ -8,7 +8,7 @@ import zmq
 
 from nionswift_plugin.n2a_live import settings_from_env
 from nionswift_plugin.n2a_live.receiver import OutputReceiver
-from nionswift_plugin.n2a_live.sender import FrameSender
+from nionswift_plugin.n2a_live.sender import ScanFrameSender
 from stream_testutils import PATIENCE, probe_until, wait_until
 
 
@@ -17,7 +17,7 @@ def _frame(i: int) -> np.ndarray:
 
 
 def test_a_full_ring_drops_the_oldest_and_counts_every_frame(zmq_context):
-    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=4)
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=4)
     # Not started: nothing takes frames out, so the ring fills; offer never waits.
     results = [sender.offer(_frame(i), series="s", seq=i, t_acq_ns=i) for i in range(20)]
     assert results == [True] * 4 + [False] * 16
@@ -32,7 +32,7 @@ def test_a_full_ring_drops_the_oldest_and_counts_every_frame(zmq_context):
 
 
 def test_push_without_a_peer_does_not_block_and_counts(zmq_context):
-    sender = FrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
                          max_queue=2, send_timeout_s=0.2).start()
     try:
         for i in range(50):
@@ -49,7 +49,7 @@ def test_push_without_a_peer_does_not_block_and_counts(zmq_context):
 def test_sent_frames_arrive_in_order_bit_exact_with_meta(zmq_context):
     from streamer.protocol import decode
 
-    sender = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=64).start()
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context, max_queue=64).start()
     sub = zmq_context.socket(zmq.SUB)
     sub.linger = 0
     sub.subscribe(b"")
@@ -82,7 +82,7 @@ def test_sent_frames_arrive_in_order_bit_exact_with_meta(zmq_context):
 
 
 def test_a_frame_that_does_not_encode_is_counted_and_the_sender_goes_on(zmq_context):
-    sender = FrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context)
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context)
     sender.start()
     pull = zmq_context.socket(zmq.PULL)
     pull.linger = 0
@@ -131,10 +131,10 @@ def test_settings_from_the_environment():
 
 
 def test_bind_failure_is_an_error_that_names_the_address(zmq_context):
-    first = FrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
+    first = ScanFrameSender(address="tcp://127.0.0.1:0", context=zmq_context).start()
     try:
         with pytest.raises(OSError, match=r"cannot bind tcp://127.0.0.1:\d+ \(got "):
-            FrameSender(address=first.endpoint, context=zmq_context).start()
+            ScanFrameSender(address=first.endpoint, context=zmq_context).start()
     finally:
         first.close()
 
@@ -154,7 +154,7 @@ def test_push_to_n2a_stream_pull_block_loses_nothing(zmq_context):
     from stream_testutils import Collector
     from streamer.pipeline import Stream
 
-    sender = FrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
+    sender = ScanFrameSender(address="tcp://127.0.0.1:0", pattern="push", context=zmq_context,
                          max_queue=64).start()
     stream = Stream(source=sender.endpoint, model=BUNDLED_MODEL, engine="onnxruntime",
                     pattern="pull", policy="block").start()
