@@ -189,3 +189,44 @@ class LineReader:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"stream still open after {timeout} s"
         return self.text
+
+
+def push_series_through_stream(zmq_ctx, model, series: dict, **config):
+    """Push each series (start, frames, end) into a real ``Stream`` (PUSH -> its PULL input,
+    ``--policy block``, ONNX Runtime) and collect every output on a SUB socket.
+
+    Returns ``(outputs by series name, status line, summary, summary text)``, the last three taken
+    before the stream stops. ``zmq_ctx`` is the tests' socket factory (``.make(kind)``).
+    """
+    from streamer import net, protocol
+    from streamer.pipeline import Stream
+
+    push = zmq_ctx.make(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    stream = Stream(source=f"tcp://127.0.0.1:{port}", model=model, engine="onnxruntime",
+                    pattern="pull", policy="block", **config).start()
+    try:
+        col = Collector(zmq_ctx, stream.out_endpoint)
+        wait_until(lambda: stream.subscriptions >= 1, 10, "the test subscriber to join")
+        total = 0
+        for name, frames in series.items():
+            net.send_message(push, protocol.encode_start(name))
+            for seq, frame in enumerate(frames):
+                net.send_message(push, protocol.encode_frame(frame, seq=seq, series=name,
+                                                             t_acq_ns=time.time_ns()))
+            net.send_message(push, protocol.encode_end(name, count=len(frames)))
+            total += len(frames)
+        col.wait_for(lambda: len(col.frames) >= total, 120, f"{total} denoised frames")
+        stream.maybe_raise()
+        status = stream.status_line()
+        summary = stream.stop()
+        text = stream.summary_text(summary)
+    except BaseException:
+        stream.stop()
+        raise
+    col.stop()
+    assert not col.errors, col.errors
+    by_series: dict[str, list] = {}
+    for m in col.frames:
+        by_series.setdefault(m.series, []).append(m)
+    return by_series, status, summary, text

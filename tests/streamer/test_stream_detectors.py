@@ -3,19 +3,15 @@ frame (issue 12): real loopback sockets (PUSH -> n2a-stream PULL, its XPUB -> a 
 bundled model in ONNX Runtime."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
-import zmq
 
 from detector_styles import clean_series, detector_styles, mean_correlation, zero_checkpoint
-from stream_testutils import Collector, wait_until
+from stream_testutils import push_series_through_stream
 from noise2atom.checkpoint import default_model_path
 from noise2atom.metrics import ssim, to_unit
 from noise2atom.scaling import estimate_scaling
-from streamer import net, protocol
-from streamer.pipeline import Stream
 
 
 def _bundled():
@@ -26,37 +22,7 @@ def _bundled():
 
 
 def _run(zmq_ctx, model, series: dict[str, np.ndarray]):
-    """Push each series (start, frames, end) into a stream; return the collected outputs and the
-    stream's status line and summary text (taken before it stops)."""
-    push = zmq_ctx.make(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    stream = Stream(source=f"tcp://127.0.0.1:{port}", model=model, engine="onnxruntime",
-                    pattern="pull", policy="block", css_window=5).start()
-    try:
-        col = Collector(zmq_ctx, stream.out_endpoint)
-        wait_until(lambda: stream.subscriptions >= 1, 10, "the test subscriber to join")
-        total = 0
-        for name, frames in series.items():
-            net.send_message(push, protocol.encode_start(name))
-            for seq, frame in enumerate(frames):
-                net.send_message(push, protocol.encode_frame(frame, seq=seq, series=name,
-                                                                  t_acq_ns=time.time_ns()))
-            net.send_message(push, protocol.encode_end(name, count=len(frames)))
-            total += len(frames)
-        col.wait_for(lambda: len(col.frames) >= total, 120, f"{total} denoised frames")
-        stream.maybe_raise()
-        status = stream.status_line()
-        summary = stream.stop()
-        text = stream.summary_text(summary)
-    except BaseException:
-        stream.stop()
-        raise
-    col.stop()
-    assert not col.errors
-    by_series: dict[str, list] = {}
-    for m in col.frames:
-        by_series.setdefault(m.series, []).append(m)
-    return by_series, status, summary, text
+    return push_series_through_stream(zmq_ctx, model, series, css_window=5)
 
 
 def test_six_detector_styles_through_the_stream(zmq_ctx):

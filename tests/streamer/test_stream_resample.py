@@ -3,19 +3,16 @@ loopback sockets (PUSH -> n2a-stream PULL, its XPUB -> a SUB collector), the bun
 Runtime. The zoom is estimated once per series, fixed within it, and named in every output header."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
-import zmq
 
 from detector_styles import mean_correlation
-from stream_testutils import Collector, wait_until
+from stream_testutils import push_series_through_stream
 from noise2atom.checkpoint import default_model_path
 from noise2atom.scaling import applied_zoom, estimate_scaling, resample_pitches
 from noise2atom.stem_sim import StemSimulator
-from streamer import net, protocol
-from streamer.pipeline import Stream
+from streamer import protocol
 
 
 def _bundled():
@@ -39,34 +36,8 @@ def _expected_zoom(frames: np.ndarray) -> float:
 
 
 def _run(zmq_ctx, series: dict[str, np.ndarray], **config):
-    """Push each series (start, frames, end) through one stream; the outputs by series."""
-    push = zmq_ctx.make(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    stream = Stream(source=f"tcp://127.0.0.1:{port}", model=_bundled(), engine="onnxruntime",
-                    pattern="pull", policy="block", **config).start()
-    try:
-        col = Collector(zmq_ctx, stream.out_endpoint)
-        wait_until(lambda: stream.subscriptions >= 1, 10, "the test subscriber to join")
-        total = 0
-        for name, frames in series.items():
-            net.send_message(push, protocol.encode_start(name))
-            for seq, frame in enumerate(frames):
-                net.send_message(push, protocol.encode_frame(frame, seq=seq, series=name,
-                                                             t_acq_ns=time.time_ns()))
-            net.send_message(push, protocol.encode_end(name, count=len(frames)))
-            total += len(frames)
-        col.wait_for(lambda: len(col.frames) >= total, 120, f"{total} denoised frames")
-        stream.maybe_raise()
-        status = stream.status_line()
-        summary = stream.stop()
-    except BaseException:
-        stream.stop()
-        raise
-    col.stop()
-    assert not col.errors
-    out: dict[str, list] = {}
-    for m in col.frames:
-        out.setdefault(m.series, []).append(m)
+    """Push each series through one stream; the outputs by series and the status line."""
+    out, status, summary, _ = push_series_through_stream(zmq_ctx, _bundled(), series, **config)
     assert summary["dropped"] == 0 and summary["rejected"] == 0
     return out, status
 
