@@ -66,3 +66,25 @@ def zero_checkpoint(path: Path) -> Path:
     config = load_checkpoint(default_model_path()).config
     state = {k: torch.zeros_like(v) for k, v in build_generator(config.size).state_dict().items()}
     return save_checkpoint(path, config, state)
+
+
+def bundled_model() -> Path:
+    """The bundled model's checkpoint; the test is skipped (with the path) when it is missing."""
+    import pytest
+
+    from noise2atom.checkpoint import default_model_path
+
+    path = default_model_path()
+    if not path.is_file():
+        pytest.skip(f"the bundled model is missing (expected {path})")
+    return path
+
+
+def read_tiff_with_meta(path) -> tuple[np.ndarray, dict]:
+    """An n2a-denoise output: its frames and the JSON metadata in the first page's description."""
+    import json
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as f:
+        return f.asarray(), json.loads(f.pages[0].description)

@@ -3,32 +3,17 @@ from training, a model that blanks everything, and real microscope images. Real 
 bundled model through ONNX Runtime, the CLI's own entry point."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
 
 import engines
-from detector_styles import (STYLES, clean_series, detector_styles, mean_correlation, shared_data,
-                             zero_checkpoint)
+from detector_styles import (STYLES, bundled_model, clean_series, detector_styles,
+                             mean_correlation, read_tiff_with_meta, shared_data, zero_checkpoint)
 from engines.cli.denoise import main
-from noise2atom.checkpoint import default_model_path
 
 ENGINE = "onnxruntime"
-
-
-def _bundled():
-    path = default_model_path()
-    if not path.is_file():
-        pytest.skip(f"the bundled model is missing (expected {path})")
-    return path
-
-
-def _read(path):
-    with tifffile.TiffFile(path) as f:
-        return f.asarray(), json.loads(f.pages[0].description)
 
 
 def _write(folder, name: str, frames: np.ndarray):
@@ -43,7 +28,7 @@ def _write(folder, name: str, frames: np.ndarray):
 
 
 def test_six_detector_styles_denoise_to_the_truth(tmp_path, capsys):
-    model = _bundled()
+    model = bundled_model()
     clean = clean_series()
     styles = detector_styles(clean)
     inputs = [_write(tmp_path, name, frames) for name, frames in styles.items()]
@@ -54,7 +39,7 @@ def test_six_detector_styles_denoise_to_the_truth(tmp_path, capsys):
     assert "warning:" not in report, report  # in the model's range, nothing to flag
     outputs = {}
     for name, path in zip(styles, inputs):
-        den, meta = _read(out / f"{path.stem}.denoised.tif")
+        den, meta = read_tiff_with_meta(out / f"{path.stem}.denoised.tif")
         outputs[name] = den
         raw_corr = mean_correlation(styles[name], clean)
         corr = mean_correlation(den, clean)
@@ -78,7 +63,7 @@ def test_six_detector_styles_denoise_to_the_truth(tmp_path, capsys):
 
 
 def test_saturated_input_is_flagged(tmp_path, capsys):
-    model = _bundled()
+    model = bundled_model()
     clean = clean_series()
     frames = detector_styles(clean)["uint16_offset15000"].copy()
     frames[:, :, :16] = np.iinfo(np.uint16).max  # 12 % of each frame at the detector's ceiling
@@ -88,11 +73,11 @@ def test_saturated_input_is_flagged(tmp_path, capsys):
     report = capsys.readouterr().out
     warnings = [line for line in report.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "input_clipped on 3/3 frames" in warnings[0], report
-    assert "input_clipped" in _read(out)[1]["n2a"]["flags"]
+    assert "input_clipped" in read_tiff_with_meta(out)[1]["n2a"]["flags"]
 
 
 def test_dose_far_from_training_is_flagged(tmp_path, capsys):
-    model = _bundled()
+    model = bundled_model()
     clean = clean_series()
     counts = np.random.default_rng(2).poisson(clean * 500 + 5).astype(np.uint16)  # 500 counts at a peak
     src = tmp_path / "high_dose.npy"
@@ -104,14 +89,14 @@ def test_dose_far_from_training_is_flagged(tmp_path, capsys):
 
 
 def test_a_model_that_blanks_every_frame_never_passes_on_css(tmp_path, capsys):
-    _bundled()
+    bundled_model()
     model = zero_checkpoint(tmp_path / "zero.safetensors")
     clean = clean_series()
     src = _write(tmp_path, "uint16_counts", detector_styles(clean)["uint16_counts"])
     out = tmp_path / "blank.tif"
     assert main([str(src), "--model", str(model), "--out", str(out), "--engine", ENGINE, "--quiet"]) == 0
     report = capsys.readouterr().out
-    den, meta = _read(out)
+    den, meta = read_tiff_with_meta(out)
     assert np.ptp(den) == 0  # the engine really gave a constant
     assert "-> denoised 1.000" in report  # CSS alone calls it perfect ...
     warnings = [line for line in report.splitlines() if line.startswith("warning:")]
@@ -136,7 +121,7 @@ def _real_images():
 
 
 def test_real_images_never_give_a_flat_output(tmp_path, capsys):
-    model = _bundled()
+    model = bundled_model()
     images = _real_images()
     inputs = []
     for name, image in images.items():
@@ -146,7 +131,7 @@ def test_real_images_never_give_a_flat_output(tmp_path, capsys):
     assert main([*map(str, inputs), "--model", str(model), "--out", str(out), "--engine", ENGINE, "--quiet"]) == 0
     capsys.readouterr()
     for name, image in images.items():
-        den, meta = _read(out / f"{name}.denoised.tif")
+        den, meta = read_tiff_with_meta(out / f"{name}.denoised.tif")
         den = den.reshape(image.shape)
         lo, hi = meta["n2a"]["normalisation"]["lo"], meta["n2a"]["normalisation"]["hi"]
         smooth = ndimage.gaussian_filter(np.clip((image.astype(np.float64) - lo) / (hi - lo), 0, 1), 1.0)

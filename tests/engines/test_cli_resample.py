@@ -2,32 +2,17 @@
 on disk, the bundled model through ONNX Runtime, the CLI's own entry point."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tifffile
 
 import engines
-from detector_styles import mean_correlation
+from detector_styles import bundled_model, mean_correlation, read_tiff_with_meta
 from engines.cli.denoise import main
-from noise2atom.checkpoint import default_model_path
 from noise2atom.scaling import denoise_resampled, estimate_scaling, series_zoom
 from noise2atom.stem_sim import StemSimulator
 
 ENGINE = "onnxruntime"
-
-
-def _bundled():
-    path = default_model_path()
-    if not path.is_file():
-        pytest.skip(f"the bundled model is missing (expected {path})")
-    return path
-
-
-def _read(path):
-    with tifffile.TiffFile(path) as f:
-        return f.asarray(), json.loads(f.pages[0].description)
 
 
 def _narrow_lattice(n: int = 3):
@@ -39,10 +24,10 @@ def _narrow_lattice(n: int = 3):
 
 def _denoise(tmp_path, src, name: str, *extra: str, capsys):
     out = tmp_path / f"{name}.tif"
-    rc = main([str(src), "--model", str(_bundled()), "--out", str(out), "--engine", ENGINE, "--quiet", *extra])
+    rc = main([str(src), "--model", str(bundled_model()), "--out", str(out), "--engine", ENGINE, "--quiet", *extra])
     report = capsys.readouterr().out
     assert rc == 0, report
-    den, meta = _read(out)
+    den, meta = read_tiff_with_meta(out)
     return den, meta["n2a"], report
 
 
@@ -62,7 +47,7 @@ def test_files_are_resampled_by_default_and_not_with_no_resample(tmp_path, capsy
     assert f"resampled x{zoom:.3f}" in report_on
     assert on.shape == counts.shape
     # what the file holds is the model's output on the zoomed frames, zoomed back
-    with engines.open_engine(_bundled(), ENGINE) as engine:
+    with engines.open_engine(bundled_model(), ENGINE) as engine:
         want = np.stack([norm.from_model(denoise_resampled(x, pitches[1], pitches[0],
                                                            lambda a: engine.infer(a[None])[0]))
                          for x in norm.to_model(counts)])

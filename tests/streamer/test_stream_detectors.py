@@ -7,18 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector_styles import clean_series, detector_styles, mean_correlation, zero_checkpoint
+from detector_styles import (bundled_model, clean_series, detector_styles, mean_correlation,
+                             zero_checkpoint)
 from stream_testutils import push_series_through_stream
 from noise2atom.checkpoint import default_model_path
 from noise2atom.metrics import ssim, to_unit
 from noise2atom.scaling import estimate_scaling
-
-
-def _bundled():
-    path = default_model_path()
-    if not path.is_file():
-        pytest.skip(f"the bundled model is missing (expected {path})")
-    return path
 
 
 def _run(zmq_ctx, model, series: dict[str, np.ndarray]):
@@ -26,7 +20,7 @@ def _run(zmq_ctx, model, series: dict[str, np.ndarray]):
 
 
 def test_six_detector_styles_through_the_stream(zmq_ctx):
-    model = _bundled()
+    model = bundled_model()
     clean = clean_series(n=4)
     styles = detector_styles(clean)
     out, status, summary, text = _run(zmq_ctx, model, styles)
@@ -52,7 +46,7 @@ def test_six_detector_styles_through_the_stream(zmq_ctx):
 
 
 def test_saturating_detector_and_blank_model_are_flagged(zmq_ctx, tmp_path):
-    _bundled()
+    bundled_model()
     clean = clean_series(n=3)
     counts = detector_styles(clean)["uint16_offset15000"]
     saturated = counts.copy()

@@ -7,19 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector_styles import mean_correlation
+from detector_styles import bundled_model, mean_correlation
 from stream_testutils import push_series_through_stream
-from noise2atom.checkpoint import default_model_path
 from noise2atom.scaling import applied_zoom, estimate_scaling, resample_pitches
 from noise2atom.stem_sim import StemSimulator
 from streamer import protocol
-
-
-def _bundled():
-    path = default_model_path()
-    if not path.is_file():
-        pytest.skip(f"the bundled model is missing (expected {path})")
-    return path
 
 
 def _lattice(sigma_px: float, pitch_px: float, shape=(120, 100), n: int = 4, peak: float = 2.0):
@@ -37,7 +29,7 @@ def _expected_zoom(frames: np.ndarray) -> float:
 
 def _run(zmq_ctx, series: dict[str, np.ndarray], **config):
     """Push each series through one stream; the outputs by series and the status line."""
-    out, status, summary, _ = push_series_through_stream(zmq_ctx, _bundled(), series, **config)
+    out, status, summary, _ = push_series_through_stream(zmq_ctx, bundled_model(), series, **config)
     assert summary["dropped"] == 0 and summary["rejected"] == 0
     return out, status
 
