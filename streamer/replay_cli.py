@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from .replay import Replay, simulated_source
-from .security import CurveKeyError, link_keys
+from .source import add_socket_arguments, socket_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,15 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                                              "simulation: until stopped)")
     p.add_argument("--loop", action="store_true", help="repeat the file")
     p.add_argument("--series", help="series name (default: replay-<time>)")
-    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
-    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
+    add_socket_arguments(p)
     p.add_argument("--wait-subscribers", type=int, default=0,
                    help="PUB: wait for this many subscribers before the first frame")
     p.add_argument("--wait-timeout", type=float, default=30.0)
-    p.add_argument("--curve-keys", help="CURVE server socket with the acquisition keys: DIR/acquisition "
-                   "(made by n2a-stream --make-keys DIR) or that folder itself")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -55,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``n2a-replay``."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.port < 0 or args.port > 65535:
-        _parser().error(f"--port must be 0..65535 (got {args.port})")
+    sockets = socket_options(args, _parser())
     if args.fps < 0:
         _parser().error(f"--fps must be >= 0 (got {args.fps})")
     if args.count is not None and args.count < 0:
@@ -79,16 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"n2a-replay: cannot read {args.file}: {e}", file=sys.stderr)
             return 2
         frames, meta = stack.frames, dict(stack.meta)
-    keys = None
-    if args.curve_keys:
-        try:
-            keys = link_keys(args.curve_keys, "acquisition")
-        except CurveKeyError as e:
-            _parser().error(str(e))
     replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,
-                    series=args.series, pattern=args.pattern, host=args.host, port=args.port,
-                    address=args.address, wait_subscribers=args.wait_subscribers,
-                    wait_timeout_s=args.wait_timeout, curve_keys=keys)
+                    series=args.series, wait_subscribers=args.wait_subscribers,
+                    wait_timeout_s=args.wait_timeout, **sockets)
     try:
         endpoint = replay.bind()
     except OSError as e:

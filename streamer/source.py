@@ -114,3 +114,30 @@ class FrameSender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def add_socket_arguments(parser: Any) -> None:
+    """The socket options every source command line shares (``n2a-replay``, ``n2a-watch``)."""
+    parser.add_argument("--pattern", choices=["pub", "push"], default="pub")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
+    parser.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
+    parser.add_argument("--curve-keys", help="CURVE server socket with the acquisition keys: "
+                        "DIR/acquisition (made by n2a-stream --make-keys DIR) or that folder itself")
+
+
+def socket_options(args: Any, parser: Any) -> dict[str, Any]:
+    """The :class:`FrameSender` keyword arguments of :func:`add_socket_arguments`' options; a bad
+    port or key folder ends the program through ``parser.error`` with what was expected."""
+    from .security import CurveKeyError, link_keys
+
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535 (got {args.port})")
+    keys = None
+    if args.curve_keys:
+        try:
+            keys = link_keys(args.curve_keys, "acquisition")
+        except CurveKeyError as e:
+            parser.error(str(e))
+    return dict(pattern=args.pattern, host=args.host, port=args.port, address=args.address,
+                curve_keys=keys)

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from .security import CurveKeyError, CurveKeys
+from .source import add_socket_arguments, socket_options
 from .watch import FolderWatcher
 
 
@@ -30,13 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-after", type=float, default=5.0,
                    help="seconds a stable file may fail to read before it is rejected (5)")
     p.add_argument("--series", help="series name (default: watch-<time>)")
-    p.add_argument("--pattern", choices=["pub", "push"], default="pub")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (0: a free one; default 5555)")
-    p.add_argument("--address", help="full ZeroMQ address to bind instead of host/port")
+    add_socket_arguments(p)
     p.add_argument("--wait-subscribers", type=int, default=1,
                    help="PUB: read nothing while fewer subscribers are connected (default 1)")
-    p.add_argument("--curve-keys", help="directory of zmq.auth keys: CURVE server socket")
     p.add_argument("--status-interval", type=float, default=1.0,
                    help="seconds between status lines on stderr (0: none)")
     p.add_argument("--log-level", default="WARNING")
@@ -48,20 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.port < 0 or args.port > 65535:
-        parser.error(f"--port must be 0..65535 (got {args.port})")
-    keys = None
-    if args.curve_keys:
-        try:
-            keys = CurveKeys.load(args.curve_keys)
-        except CurveKeyError as e:
-            parser.error(str(e))
+    sockets = socket_options(args, parser)
     try:
         watcher = FolderWatcher(args.folder, existing=args.existing, poll_interval_s=args.poll,
                                 stable_polls=args.stable_polls, reject_after_s=args.reject_after,
-                                series=args.series, pattern=args.pattern, host=args.host,
-                                port=args.port, address=args.address,
-                                wait_subscribers=args.wait_subscribers, curve_keys=keys)
+                                series=args.series, wait_subscribers=args.wait_subscribers,
+                                **sockets)
     except (NotADirectoryError, ValueError) as e:
         parser.error(str(e))
     try:

@@ -361,3 +361,23 @@ def test_cli_rejects_a_missing_folder(tmp_path):
                        env=cli_env(), capture_output=True, text=True, timeout=DEADLINE)
     assert p.returncode == 2
     assert "needs an existing folder to watch (got" in p.stderr
+
+
+def test_cli_takes_the_acquisition_keys_that_n2a_stream_makes_and_refuses_other_folders(tmp_path, capsys):
+    from streamer.security import make_keys
+    from streamer.source import socket_options
+    from streamer.watch_cli import _parser
+
+    keys = make_keys(tmp_path / "keys")  # keys/acquisition and keys/viewer, as n2a-stream --make-keys
+    parser = _parser()
+    opts = socket_options(parser.parse_args([str(tmp_path), "--curve-keys", str(keys)]), parser)
+    assert opts["curve_keys"] is not None and opts["curve_keys"].server_public
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    with pytest.raises(SystemExit) as e:
+        socket_options(parser.parse_args([str(tmp_path), "--curve-keys", str(flat)]), parser)
+    assert e.value.code == 2
+    assert "expected the acquisition/ key folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        socket_options(parser.parse_args([str(tmp_path), "--port", "70000"]), parser)
+    assert "--port must be 0..65535 (got 70000)" in capsys.readouterr().err
