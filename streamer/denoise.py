@@ -62,6 +62,9 @@ class Denoiser(Worker):
         self.max_failures, self.engine_name = max_failures, engine_name
         self.failures = 0  # frames in a row the engine failed on
         self.rlog = RateLimitedLog(log, interval_s=1.0)
+        from noise2atom import scaling  # once here, not per frame (it loads torch via checkpoint)
+
+        self._scaling_lib = scaling
         self.norm = engine.config.normalisation  # replaced by each series' own scaling
         self._scaled_series: SeriesState | None = None
         self.resample = resample
@@ -97,13 +100,11 @@ class Denoiser(Worker):
 
     def _scale_for(self, item: InFrame) -> None:
         """Estimate the input scaling from the series' first frame; fixed within the series."""
-        from noise2atom.scaling import estimate_scaling
-
         if item.series is self._scaled_series:
             return
         self.pitches, self.zoom = None, (1.0 if self.resample else None)
         try:
-            self.norm = estimate_scaling(item.raw)
+            self.norm = self._scaling_lib.estimate_scaling(item.raw)
             self._scaled_series = item.series
         except ValueError as e:  # e.g. a blank first frame: try again on the next one
             self.rlog.warning("scaling", "n2a-stream: cannot scale frame seq %d of %.300s yet "
@@ -116,10 +117,8 @@ class Denoiser(Worker):
 
     def _resample_for(self, item: InFrame) -> None:
         """The series' zoom, from the same first frame as its scaling; fixed within the series."""
-        from noise2atom.scaling import series_zoom
-
         t0 = time.perf_counter_ns()
-        self.pitches, self.zoom = series_zoom(self.norm.to_model(item.raw))
+        self.pitches, self.zoom = self._scaling_lib.series_zoom(self.norm.to_model(item.raw))
         log.info("n2a-stream: series %.300s: %s (estimated in %.0f ms)", item.series.name,
                  "denoised at its own sampling" if self.pitches is None else
                  f"lattice pitch {self.pitches[0]:.2f} px zoomed x{self.zoom:.3f}",
@@ -146,8 +145,7 @@ class Denoiser(Worker):
             if self.pitches is None:
                 y = infer(x)
             else:
-                from noise2atom.scaling import denoise_resampled
-                y = denoise_resampled(x, self.pitches[1], self.pitches[0], infer)
+                y = self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer)
             t2 = time.perf_counter_ns()
         except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
             self._failed(item, "engine_error", repr(e))
