@@ -14,6 +14,11 @@ Two generator sizes share one interface (:func:`build_generator`):
 ``lite``
     A small 3-level U-Net (16/32/48 channels) for 2-core CPUs, >40x cheaper per
     pixel; its trunk suits both GAN and blind-spot training.
+``lite-residual``
+    The same U-Net predicting a correction added to its input (no tanh), so
+    near-noise-free input passes through unchanged: the bundled model's
+    architecture (a tanh-bounded ``lite`` trained on the mixture reshaped even
+    noise-free abTEM frames, SSIM 0.96 / 0.90 to their truth).
 
 Both take ``(N, 1, H, W)`` float32 in [-1, 1] and return the same shape. Any
 ``H, W >= 5`` works: the input is reflect-padded up to a multiple of 8 and the
@@ -48,7 +53,7 @@ __all__ = [
     "MIN_SIDE",
 ]
 
-GeneratorSize = Literal["paper", "lite"]
+GeneratorSize = Literal["paper", "lite", "lite-residual"]
 
 #: Smallest input side the generators accept. Reflect padding needs ``pad < side``
 #: and the pad is at most 7 (up to the next multiple of 8), so sides >= 5 work
@@ -234,9 +239,10 @@ class LiteGenerator(_PadTo8):
     depend on the whole frame, which blind-spot training does not want.
     """
 
-    def __init__(self, *, widths: tuple[int, int, int] = (16, 32, 48)) -> None:
+    def __init__(self, *, widths: tuple[int, int, int] = (16, 32, 48), residual: bool = False) -> None:
         super().__init__()
         c1, c2, c3 = widths
+        self.residual = residual
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
@@ -249,8 +255,10 @@ class LiteGenerator(_PadTo8):
         self.dec2 = conv(c2, c2)
         self.up1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
         self.dec1 = conv(c1, c1)
-        self.out = nn.Sequential(nn.Conv2d(c1, 1, 1), nn.Tanh())
+        self.out = nn.Conv2d(c1, 1, 1) if residual else nn.Sequential(nn.Conv2d(c1, 1, 1), nn.Tanh())
         _init_keras(self)
+        if residual:  # start as the identity: the correction is learnt from zero
+            nn.init.zeros_(self.out.weight)
 
     def core(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(x)
@@ -258,11 +266,11 @@ class LiteGenerator(_PadTo8):
         b = self.bottom(e2)
         d2 = self.dec2(self.up2(b) + e2)
         d1 = self.dec1(self.up1(d2) + e1)
-        return self.out(d1)
+        return x + self.out(d1) if self.residual else self.out(d1)
 
 
 def build_generator(size: GeneratorSize) -> nn.Module:
-    """A fresh generator of the given size (``"paper"`` or ``"lite"``).
+    """A fresh generator of the given size (``"paper"``, ``"lite"`` or ``"lite-residual"``).
 
     Examples
     --------
@@ -274,7 +282,9 @@ def build_generator(size: GeneratorSize) -> nn.Module:
         return PaperGenerator()
     if size == "lite":
         return LiteGenerator()
-    raise ValueError(f"generator size must be 'paper' or 'lite' (got {size!r})")
+    if size == "lite-residual":
+        return LiteGenerator(residual=True)
+    raise ValueError(f"generator size must be 'paper', 'lite' or 'lite-residual' (got {size!r})")
 
 
 class Critic(nn.Module):

@@ -126,3 +126,19 @@ def test_lite_onnx_export_keeps_pad_and_crop_dynamic(tmp_path, lite):
             ref = lite(torch.from_numpy(x)).numpy()
         assert y.shape == shape
         np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_lite_residual_starts_as_the_identity_and_learns_a_correction():
+    g = build_generator("lite-residual")
+    x = torch.randn(2, 1, 37, 53)
+    with torch.no_grad():
+        assert torch.equal(g(x), x)  # zero-initialised head: near-noise-free input passes through
+    loss = (g(x) - 0.5 * x).square().mean()
+    loss.backward()
+    assert g.out.weight.grad.abs().sum() > 0
+    assert count_parameters(g) == count_parameters(build_generator("lite"))
+
+
+def test_unknown_generator_size_names_the_choices():
+    with pytest.raises(ValueError, match=r"'paper', 'lite' or 'lite-residual' \(got 'huge'\)"):
+        build_generator("huge")
