@@ -1,7 +1,9 @@
 """A randomised mixture of simulated STEM series, for a bundled model that generalises.
 
 Each series draws its own acquisition from wide ranges (:func:`draw_settings`): dose from 0.05
-to 50 counts at an atom's peak, atom pitch 4-30 px with a probe blur in proportion, crystal /
+to 2,000 counts at an atom's peak (up to near noise-free, so the model learns to leave clean
+detail alone), atoms of one brightness or of brightnesses spread down to a tenth (columns of
+different atomic number), atom pitch 4-30 px with a probe blur in proportion, crystal /
 particle on amorphous support / mixed scenes (all with vacuum), bright atoms (HAADF) or dark atoms
 on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
 detector gain and offset (and clipping at 0, as an unsigned detector without offset does).
@@ -27,7 +29,7 @@ import numpy as np
 from noise2atom.scaling import estimate_scaling
 from noise2atom.stem_sim import StemSimulator
 
-__all__ = ["MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
+__all__ = ["PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,14 @@ class MixtureSettings:
     read_noise: float  # counts
     line_noise: float  # std of a per-row additive offset, counts
     scan_jitter_px: float
+    brightness_lo: float  # atoms' peak brightness is uniform in [brightness_lo, 1] of a full atom
     gain: float  # detector units per count
     offset: float  # detector units
     clip_at_zero: bool
     seed: int
+
+
+PEAK_COUNTS = (0.05, 2_000.0)  # counts at a full atom's peak (log-uniform)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -58,7 +64,7 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def draw_settings(rng: np.random.Generator) -> MixtureSettings:
     """Random acquisition settings spanning the microscopes the bundled model should cover."""
     pitch = _log_uniform(rng, 4.0, 30.0)
-    peak = _log_uniform(rng, 0.05, 50.0)
+    peak = _log_uniform(rng, *PEAK_COUNTS)
     contrast = "abf" if rng.random() < 0.3 else "haadf"
     offset_kind = rng.integers(4)
     offset = [0.0, rng.uniform(10, 500), rng.uniform(1_000, 20_000), -rng.uniform(10, 2_000)][offset_kind]
@@ -74,6 +80,7 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
         read_noise=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 1.5)])),
         line_noise=float(rng.choice([0.0, 0.0, rng.uniform(0, 0.15) * np.sqrt(peak) + rng.uniform(0, 0.1)])),
         scan_jitter_px=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 0.8)])),
+        brightness_lo=0.9 if rng.random() < 0.4 else _log_uniform(rng, 0.1, 0.9),
         gain=_log_uniform(rng, 0.5, 2_000.0),
         offset=float(offset),
         clip_at_zero=bool(offset_kind == 0 and rng.random() < 0.7),
@@ -116,7 +123,7 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     s = settings or draw_settings(rng)
     sim = StemSimulator(shape=(size, size), scene=s.scene, pitch_px=s.pitch_px, sigma_px=s.sigma_px,
                         rotation_deg=s.rotation_deg, drift_px_per_frame=0.3, scan_jitter_px=0.0,
-                        seed=s.seed)
+                        site_brightness=(s.brightness_lo, 1.0), seed=s.seed)
     clean = np.stack([sim.frame(t).clean for t in range(n_frames)]).astype(np.float32)
     if s.contrast == "haadf":
         lam = s.background_counts + s.peak_counts * clean
@@ -171,7 +178,7 @@ class MixtureData:
             sha256=f"mixture-seed{seed}-n{n_series}-f{n_frames}-s{size}", shapes=[[n_series, n_frames, size, size]],
             sources=self.sources,
             meta={"simulator": "noise2atom.mixture", "scaling": "estimate_scaling per series (0.1/99.9 percentiles)",
-                  "peak_counts": [0.05, 50.0], "pitch_px": [4.0, 30.0], "contrast": ["haadf", "abf"],
+                  "peak_counts": list(PEAK_COUNTS), "site_brightness": [0.1, 1.0], "pitch_px": [4.0, 30.0], "contrast": ["haadf", "abf"],
                   "scenes": ["crystal", "nanoparticle", "mixed"], "gain": [0.5, 2000.0],
                   "offset": [-2000.0, 20000.0]})
 

@@ -319,6 +319,9 @@ class StemSimulator:
         Detector units per count and dark offset (keeps read noise from clipping at 0).
     dwell_time_us, beam_current_pA : float
         Recorded in ``meta`` with the derived electron dose.
+    site_brightness : (float, float)
+        Range of the atoms' peak brightness relative to a full atom (uniform per site). The default
+        is one element; a wide range stands for columns of different atomic number or thickness.
     seed : int
         Seed of the scene and of every frame's noise.
     """
@@ -342,6 +345,7 @@ class StemSimulator:
         offset_adu: float = 100.0,
         dwell_time_us: float = 1.0,
         beam_current_pA: float = 10.0,
+        site_brightness: tuple[float, float] = (0.9, 1.0),
         seed: int = 0,
     ) -> None:
         self.shape = _checked_settings(shape, scene, greater_than=[
@@ -363,6 +367,10 @@ class StemSimulator:
         self.gain = float(gain)
         self.offset_adu = float(offset_adu)
         self.seed = int(seed)
+        lo, hi = (float(v) for v in site_brightness)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"site_brightness must be (lo, hi) with 0 < lo <= hi <= 1 (got {site_brightness!r})")
+        self.site_brightness = (lo, hi)
         self._scale = 1.0 + _SUPPORT_MAX  # fixed clean scale: full atom peak + support ceiling
 
         rng = np.random.default_rng([self.seed, 0x5CE4E])
@@ -423,7 +431,7 @@ class StemSimulator:
             keep = self._prob >= 0.5
             self._sites, self._prob = self._sites[keep], np.ones(int(keep.sum()))
         n = len(self._sites)
-        self._site_amp = rng.uniform(0.9, 1.0, n)
+        self._site_amp = rng.uniform(*self.site_brightness, n)
         self._period = rng.uniform(60, 240, n)  # frames between chances to change
         self._phase = rng.uniform(0, 1, n)
 

@@ -16,7 +16,9 @@ def test_settings_span_the_promised_ranges():
     draws = [draw_settings(rng) for _ in range(400)]
     peaks = np.array([d.peak_counts for d in draws])
     pitches = np.array([d.pitch_px for d in draws])
-    assert 0.05 <= peaks.min() < 0.1 and 30 < peaks.max() <= 50
+    assert 0.05 <= peaks.min() < 0.1 and 1_000 < peaks.max() <= 2_000
+    lows = np.array([d.brightness_lo for d in draws])
+    assert 0.1 <= lows.min() < 0.2 and np.mean(lows == 0.9) > 0.25  # one element, or a spread of brightnesses
     assert 4 <= pitches.min() < 5 and 25 < pitches.max() <= 30
     assert {d.contrast for d in draws} == {"haadf", "abf"}
     assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed"}
