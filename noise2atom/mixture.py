@@ -52,6 +52,10 @@ class MixtureSettings:
     offset: float  # detector units
     clip_at_zero: bool
     seed: int
+    # The series as n2a's resampling hands it to the network: recorded at ``pitch_px / zoom`` and
+    # zoomed by ``zoom`` (noise2atom.resample.to_model_sampling; 1 = as recorded). Zoomed frames
+    # carry spatially correlated noise, which the network must know.
+    zoom: float = 1.0
 
 
 PEAK_COUNTS = (0.05, 2_000.0)  # counts at a full atom's peak (log-uniform)
@@ -85,7 +89,19 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
         offset=float(offset),
         clip_at_zero=bool(offset_kind == 0 and rng.random() < 0.7),
         seed=int(rng.integers(2**31)),
+        zoom=_draw_zoom(rng, pitch),
     )
+
+
+def _draw_zoom(rng: np.random.Generator, pitch: float) -> float:
+    """Half the series as recorded; a quarter zoomed up (x1.1-2, as abTEM-like fine columns are),
+    a quarter zoomed down (x0.5-0.9). The recorded pitch stays above 2.5 px."""
+    u = rng.random()
+    if u < 0.5:
+        return 1.0
+    if u < 0.75:
+        return float(min(rng.uniform(1.1, 2.0), pitch / 2.5))
+    return float(rng.uniform(0.5, 0.9))
 
 
 @dataclass
@@ -121,7 +137,9 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
                             settings: MixtureSettings | None = None) -> MixtureSeries:
     """One series of ``n_frames`` square frames with random (or given) settings."""
     s = settings or draw_settings(rng)
-    sim = StemSimulator(shape=(size, size), scene=s.scene, pitch_px=s.pitch_px, sigma_px=s.sigma_px,
+    rec = size if s.zoom == 1.0 else int(np.ceil((size + 2) / s.zoom)) + 1  # recorded side
+    sim = StemSimulator(shape=(rec, rec), scene=s.scene, pitch_px=s.pitch_px / s.zoom,
+                        sigma_px=max(0.35, s.sigma_px / s.zoom),
                         rotation_deg=s.rotation_deg, drift_px_per_frame=0.3, scan_jitter_px=0.0,
                         site_brightness=(s.brightness_lo, 1.0), seed=s.seed)
     clean = np.stack([sim.frame(t).clean for t in range(n_frames)]).astype(np.float32)
@@ -133,12 +151,12 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     for t in range(n_frames):
         expected = lam[t]
         if s.scan_jitter_px > 0:
-            expected = _jitter_rows(expected, rng.normal(0, s.scan_jitter_px, size).clip(-2, 2))
+            expected = _jitter_rows(expected, rng.normal(0, s.scan_jitter_px, rec).clip(-2, 2))
         f = rng.poisson(np.maximum(expected, 0)).astype(np.float32)
         if s.read_noise > 0:
             f += np.float32(s.read_noise) * rng.standard_normal(f.shape, dtype=np.float32)
         if s.line_noise > 0:
-            f += np.float32(s.line_noise) * rng.standard_normal((size, 1), dtype=np.float32)
+            f += np.float32(s.line_noise) * rng.standard_normal((rec, 1), dtype=np.float32)
         f = f * np.float32(s.gain) + np.float32(s.offset)
         if s.clip_at_zero:
             f = np.maximum(f, 0)
@@ -146,10 +164,17 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     expected_raw = lam * np.float32(s.gain) + np.float32(s.offset)
     norm = estimate_scaling(noisy)
     scale = np.float32(2.0 / (norm.hi - norm.lo))
-    return MixtureSeries(
-        noisy=((noisy - np.float32(norm.lo)) * scale - 1).astype(np.float32),
-        target=((expected_raw - np.float32(norm.lo)) * scale - 1).astype(np.float32),
-        clean=clean, lo=norm.lo, hi=norm.hi, settings=s)
+    noisy = ((noisy - np.float32(norm.lo)) * scale - 1).astype(np.float32)
+    target = ((expected_raw - np.float32(norm.lo)) * scale - 1).astype(np.float32)
+    if s.zoom != 1.0:  # scaled as recorded, then zoomed: the order n2a-stream and n2a-denoise use
+        noisy, target, clean = (_zoomed(a, s.zoom, size) for a in (noisy, target, clean))
+    return MixtureSeries(noisy=noisy, target=target, clean=clean, lo=norm.lo, hi=norm.hi, settings=s)
+
+
+def _zoomed(frames: np.ndarray, zoom: float, size: int) -> np.ndarray:
+    from noise2atom.resample import to_model_sampling
+
+    return np.stack([to_model_sampling(f, zoom)[:size, :size] for f in frames]).astype(np.float32)
 
 
 class MixtureData:

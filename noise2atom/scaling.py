@@ -206,10 +206,9 @@ def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float
     -------
     float32 (H, W): the denoised frame at the original sampling, in model units.
 
-    A frame is zoomed down after smoothing over the pixels merged (sigma ``0.5 / factor``, so no
-    counts are dropped and little noise aliases), zoomed up linearly (no new detail is invented);
-    the network's output is interpolated back to (H, W) (cubic, after anti-alias smoothing where
-    it was zoomed up). Within 1 % of the target the frame is denoised as it is.
+    The zooms are :func:`noise2atom.resample.to_model_sampling` and ``from_model_sampling``
+    (scipy.ndimage's filters as cached sparse matrices). Within 1 % of the target the frame is
+    denoised as it is.
     """
     f = np.asarray(frame, dtype=np.float32)
     if f.ndim != 2:
@@ -219,22 +218,14 @@ def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float
     factor = resample_factor(pitch_px, target_pitch_px)
     if abs(factor - 1.0) < _SAME_PITCH_TOL:
         return np.asarray(denoise(f), dtype=np.float32)
-    from noise2atom.resample import FrameZoom
+    from noise2atom.resample import from_model_sampling, to_model_sampling, zoomed_shape
 
-    size = tuple(max(1, int(round(n * factor))) for n in f.shape)
+    size = zoomed_shape(f.shape, factor)
     if min(size) < MIN_RESAMPLED_SIDE:
         raise ValueError(f"a frame of {f.shape} at pitch {pitch_px:.3g} px resampled to {target_pitch_px:g} px "
                          f"would be {size}: expected at least {MIN_RESAMPLED_SIDE} px a side")
-    # The zooms are scipy.ndimage's gaussian_filter + zoom(mode="nearest"; "constant", the default,
-    # fills the last row a rounding error past the edge with 0), as cached sparse matrices
-    # (noise2atom.resample: the same numbers, ~3x faster at 1024²).
-    small = FrameZoom(f.shape, size, smooth_sigma=0.5 / factor if factor < 1.0 else 0.0, order=1)(f)
+    small = to_model_sampling(f, factor)
     out = np.asarray(denoise(small), dtype=np.float32)
     if out.shape != small.shape:
         raise ValueError(f"denoise changed the shape: expected {small.shape} (got {out.shape})")
-    # Back up (the network saw a smaller frame): linear, as good on the smooth output (demo series:
-    # SSIM to truth 0.553 vs 0.550 cubic) and 4x cheaper. Back down: cubic, after anti-alias
-    # smoothing, which kept 0.01-0.02 more SSIM on abTEM SrTiO3 (bench/results/pitch-resampling.md).
-    back = FrameZoom(small.shape, f.shape, smooth_sigma=0.5 * (factor - 1.0) if factor > 1.0 else 0.0,
-                     order=1 if factor < 1.0 else 3)
-    return back(out)
+    return from_model_sampling(out, factor, f.shape)

@@ -23,6 +23,24 @@ def test_settings_span_the_promised_ranges():
     assert {d.contrast for d in draws} == {"haadf", "abf"}
     assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed"}
     assert min(d.offset for d in draws) < 0 < max(d.offset for d in draws)
+    zooms = np.array([d.zoom for d in draws])
+    assert 0.35 < np.mean(zooms == 1) < 0.65 and zooms.min() < 0.6 and zooms.max() > 1.8
+    assert np.all(pitches / zooms >= 2.5)  # the recorded lattice stays resolvable
+
+
+@pytest.mark.parametrize("zoom", [0.6, 1.7])
+def test_a_zoomed_series_is_scaled_as_recorded_and_carries_the_correlated_noise_of_zooming(zoom):
+    rng = np.random.default_rng(4)
+    base = draw_settings(rng)
+    settings = type(base)(**{**base.__dict__, "contrast": "haadf", "peak_counts": 5.0, "scene": "crystal",
+                             "pitch_px": 10.0, "sigma_px": 1.5, "read_noise": 0.0, "line_noise": 0.0,
+                             "scan_jitter_px": 0.0, "clip_at_zero": False, "zoom": zoom})
+    s = simulate_mixture_series(rng, size=80, n_frames=2, settings=settings)
+    assert s.noisy.shape == s.target.shape == s.clean.shape == (2, 80, 80)
+    noise = (s.noisy - s.target)[0]
+    r = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]  # neighbours along a row
+    assert r > 0.3  # white noise gives ~0; a zoom (either way) makes neighbours share counts
+    assert np.corrcoef(s.target.ravel(), s.clean.ravel())[0, 1] > 0.95
 
 
 @pytest.mark.parametrize("contrast", ["haadf", "abf"])
@@ -31,7 +49,7 @@ def test_each_series_is_scaled_by_its_own_frames_and_atoms_have_the_right_sign(c
     base = draw_settings(rng)
     s = simulate_mixture_series(rng, size=96, n_frames=2, settings=type(base)(
         **{**base.__dict__, "contrast": contrast, "peak_counts": 20.0, "scene": "crystal",
-           "pitch_px": 8.0, "sigma_px": 1.5, "clip_at_zero": False}))
+           "pitch_px": 8.0, "sigma_px": 1.5, "clip_at_zero": False, "zoom": 1.0}))
     lo, hi = np.percentile(s.noisy, SCALING_PERCENTILES)
     assert lo == pytest.approx(-1, abs=1e-4) and hi == pytest.approx(1, abs=1e-4)
     r = np.corrcoef(s.target.ravel(), s.clean.ravel())[0, 1]

@@ -14,7 +14,7 @@ def _reference(f: np.ndarray, factor: float, denoise) -> np.ndarray:
     size = tuple(max(1, int(round(n * factor))) for n in f.shape)
     zf = (size[0] / f.shape[0], size[1] / f.shape[1])
     src = gaussian_filter(f, 0.5 / factor) if factor < 1 else f
-    out = denoise(zoom(src, zf, order=1, mode="nearest"))
+    out = denoise(zoom(src, zf, order=1 if factor < 1 else 3, mode="nearest"))
     if factor > 1:
         out = gaussian_filter(out, 0.5 * (factor - 1))
     back = (f.shape[0] / out.shape[0], f.shape[1] / out.shape[1])
