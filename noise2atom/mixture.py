@@ -167,14 +167,17 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     noisy = ((noisy - np.float32(norm.lo)) * scale - 1).astype(np.float32)
     target = ((expected_raw - np.float32(norm.lo)) * scale - 1).astype(np.float32)
     if s.zoom != 1.0:  # scaled as recorded, then zoomed: the order n2a-stream and n2a-denoise use
-        noisy, target, clean = (_zoomed(a, s.zoom, size) for a in (noisy, target, clean))
+        from noise2atom.scaling import zoom_up_order
+
+        order = zoom_up_order(noisy[0])  # decided from the noisy series, as the tools decide
+        noisy, target, clean = (_zoomed(a, s.zoom, size, order) for a in (noisy, target, clean))
     return MixtureSeries(noisy=noisy, target=target, clean=clean, lo=norm.lo, hi=norm.hi, settings=s)
 
 
-def _zoomed(frames: np.ndarray, zoom: float, size: int) -> np.ndarray:
+def _zoomed(frames: np.ndarray, zoom: float, size: int, up_order: int) -> np.ndarray:
     from noise2atom.resample import to_model_sampling
 
-    return np.stack([to_model_sampling(f, zoom)[:size, :size] for f in frames]).astype(np.float32)
+    return np.stack([to_model_sampling(f, zoom, up_order=up_order)[:size, :size] for f in frames]).astype(np.float32)
 
 
 class MixtureData:

@@ -71,12 +71,13 @@ def zoomed_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     return tuple(max(1, int(round(n * factor))) for n in shape)  # type: ignore[return-value]
 
 
-def to_model_sampling(frame: np.ndarray, factor: float) -> np.ndarray:
+def to_model_sampling(frame: np.ndarray, factor: float, *, up_order: int = 3) -> np.ndarray:
     """``frame`` zoomed by ``factor``, as the network sees it.
 
     Down (factor < 1): smoothed over the pixels merged first (sigma ``0.5 / factor``, so no counts
-    are dropped and little noise aliases), then linear. Up: cubic, which keeps the detail (a
-    noise-free abTEM frame zoomed x1.4 up and back keeps SSIM 0.9999; linear 0.989). The bundled
+    are dropped and little noise aliases), then linear. Up: ``up_order`` 3 (cubic) keeps the detail
+    (a noise-free abTEM frame zoomed x1.4 up and back keeps SSIM 0.9999; linear 0.989); 1 (linear)
+    smooths, which pays at a few counts (:func:`noise2atom.scaling.zoom_up_order`). The bundled
     model is trained on frames zoomed the same way (``noise2atom.mixture``), so it knows the
     correlated noise that zooming makes.
     """
@@ -84,7 +85,7 @@ def to_model_sampling(frame: np.ndarray, factor: float) -> np.ndarray:
     size = zoomed_shape(f.shape, factor)
     if factor < 1.0:
         return FrameZoom(f.shape, size, smooth_sigma=0.5 / factor, order=1)(f)
-    return FrameZoom(f.shape, size, order=3)(f)
+    return FrameZoom(f.shape, size, order=up_order)(f)
 
 
 def from_model_sampling(out: np.ndarray, factor: float, shape: tuple[int, int]) -> np.ndarray:
