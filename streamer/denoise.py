@@ -70,6 +70,7 @@ class Denoiser(Worker):
         self.resample = resample
         self.pitches: tuple[float, float] | None = None  # (pitch, target pitch) of this series
         self.zoom: float | None = None  # the zoom applied in this series (None: resampling off)
+        self.up_order = 3  # spline order of a zoom up in this series (noise2atom.scaling.zoom_up_order)
         if resample:  # imported now, not on the first frame (~0.5 s: frames would queue or drop)
             import noise2atom.prior  # noqa: F401
             import scipy.ndimage  # noqa: F401
@@ -118,10 +119,13 @@ class Denoiser(Worker):
     def _resample_for(self, item: InFrame) -> None:
         """The series' zoom, from the same first frame as its scaling; fixed within the series."""
         t0 = time.perf_counter_ns()
-        self.pitches, self.zoom = self._scaling_lib.series_zoom(self.norm.to_model(item.raw))
+        x = self.norm.to_model(item.raw)
+        self.pitches, self.zoom = self._scaling_lib.series_zoom(x)
+        self.up_order = self._scaling_lib.zoom_up_order(x) if self.pitches is not None else 3
         log.info("n2a-stream: series %.300s: %s (estimated in %.0f ms)", item.series.name,
                  "denoised at its own sampling" if self.pitches is None else
-                 f"lattice pitch {self.pitches[0]:.2f} px zoomed x{self.zoom:.3f}",
+                 f"lattice pitch {self.pitches[0]:.2f} px zoomed x{self.zoom:.3f}"
+                 + (" (up: linear, few counts)" if self.zoom > 1 and self.up_order == 1 else ""),
                  (time.perf_counter_ns() - t0) / 1e6)
 
     def process(self, item: InFrame) -> OutFrame | None:
@@ -145,7 +149,8 @@ class Denoiser(Worker):
             if self.pitches is None:
                 y = infer(x)
             else:
-                y = self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer)
+                y = self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer,
+                                                        up_order=self.up_order)
             t2 = time.perf_counter_ns()
         except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
             self._failed(item, "engine_error", repr(e))

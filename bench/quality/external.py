@@ -124,18 +124,20 @@ class ModelDenoiser:
         """The bundled model as ``n2a-denoise`` runs it on a file: scaling from the frames, and
         the file's zoom (``noise2atom.scaling.series_zoom``: columns to the model's width) fixed
         for all of them."""
-        from noise2atom.scaling import denoise_resampled, series_zoom
+        from noise2atom.scaling import denoise_resampled, series_zoom, zoom_up_order
 
         scaling = estimate_scaling(frames)
         engine = self._engine
         pitches = series_zoom(scaling.to_model(np.asarray(frames)))[0] if self.resample else None
+        up_order = zoom_up_order(scaling.to_model(np.asarray(frames[0])))
 
         def infer(x: np.ndarray) -> np.ndarray:
             return engine.infer(x[None])[0]
 
         def f(frame: np.ndarray) -> np.ndarray:
             x = scaling.to_model(np.asarray(frame))
-            y = infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer)
+            y = infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
+                                                                   up_order=up_order)
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
         return f
 

@@ -113,9 +113,10 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
                   pitches=None) -> tuple[np.ndarray, list[list[str]]]:
     """Denoise a stack (zoomed by ``pitches`` for :func:`noise2atom.scaling.denoise_resampled`,
     one frame per engine call, when given); returns the output and each frame's guard flags."""
-    from noise2atom.scaling import denoise_resampled
+    from noise2atom.scaling import denoise_resampled, zoom_up_order
 
     frames = stack.frames
+    up_order = zoom_up_order(norm.to_model(frames[0])) if pitches is not None else 3  # fixed for the file
     out = np.empty(frames.shape, np.float32)
     flags: list[list[str]] = []
     for start in range(0, len(frames), batch):
@@ -123,8 +124,8 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
         if pitches is None:
             y = engine.infer(chunk)
         else:
-            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0])
-                          for x in chunk])
+            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0],
+                                            up_order=up_order) for x in chunk])
         display = norm.from_model(y)
         flags.extend(guard.check(raw, den) for raw, den in zip(frames[start:start + len(y)], display))
         out[start:start + len(y)] = display if units == "display" else norm.to_raw(y)

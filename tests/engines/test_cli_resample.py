@@ -9,7 +9,7 @@ import tifffile
 import engines
 from detector_styles import bundled_model, mean_correlation, read_tiff_with_meta
 from engines.cli.denoise import main
-from noise2atom.scaling import denoise_resampled, estimate_scaling, series_zoom
+from noise2atom.scaling import denoise_resampled, estimate_scaling, series_zoom, zoom_up_order
 from noise2atom.stem_sim import StemSimulator
 
 ENGINE = "onnxruntime"
@@ -48,8 +48,10 @@ def test_files_are_resampled_by_default_and_not_with_no_resample(tmp_path, capsy
     assert on.shape == counts.shape
     # what the file holds is the model's output on the zoomed frames, zoomed back
     with engines.open_engine(bundled_model(), ENGINE) as engine:
+        up_order = zoom_up_order(norm.to_model(counts[0]))  # a couple of counts: zoomed up linearly
+        assert up_order == 1
         want = np.stack([norm.from_model(denoise_resampled(x, pitches[1], pitches[0],
-                                                           lambda a: engine.infer(a[None])[0]))
+                                                           lambda a: engine.infer(a[None])[0], up_order=up_order))
                          for x in norm.to_model(counts)])
     np.testing.assert_allclose(on, want, atol=1e-4)
 

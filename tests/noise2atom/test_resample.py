@@ -38,3 +38,28 @@ def test_frame_zoom_refuses_another_shape():
         op(np.zeros((32, 31), np.float32))
     with pytest.raises(ValueError, match="order must be 1"):
         FrameZoom((32, 32), (20, 20), order=2)
+
+
+@pytest.mark.parametrize("peak, order", [(1.0, 1), (200.0, 3)])
+def test_a_series_of_few_counts_is_zoomed_up_linearly(peak, order):
+    from noise2atom.scaling import estimate_scaling, zoom_up_order
+    from noise2atom.stem_sim import StemSimulator
+
+    raw = StemSimulator(shape=(96, 96), scene="crystal", peak_counts=peak, gain=7.0, offset_adu=300,
+                        read_noise=0.0, seed=2).frame(0).noisy
+    assert zoom_up_order(estimate_scaling(raw).to_model(raw)) == order
+
+
+def test_zoom_up_order_reaches_denoise_resampled():
+    f = np.random.default_rng(5).normal(size=(48, 48)).astype(np.float32)
+    lin = denoise_resampled(f, 12.0, 8.0, lambda a: a, up_order=1)
+    cub = denoise_resampled(f, 12.0, 8.0, lambda a: a, up_order=3)
+    assert np.abs(lin - cub).max() > 1e-3
+    assert np.abs(lin - _reference_up_linear(f, 1.5)).max() < 1e-5
+
+
+def _reference_up_linear(f: np.ndarray, factor: float) -> np.ndarray:
+    size = tuple(int(round(n * factor)) for n in f.shape)
+    up = zoom(f, (size[0] / f.shape[0], size[1] / f.shape[1]), order=1, mode="nearest")
+    out = gaussian_filter(up, 0.5 * (factor - 1))
+    return zoom(out, (f.shape[0] / size[0], f.shape[1] / size[1]), order=3, mode="nearest")
