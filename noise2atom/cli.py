@@ -52,7 +52,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, help="patch side (default 128 for noise2atom/hybrid as the "
                    "authors, 64 for blindspot)")
     p.add_argument("--batch", type=int, help="batch size (default 3 for noise2atom/hybrid, 16 for blindspot)")
-    p.add_argument("--lr", type=float, help="learning rate (default 5e-5 RMSprop GAN methods, 1e-3 Adam blindspot)")
+    p.add_argument("--lr", type=float, help="learning rate (default 5e-5 RMSprop GAN methods, 1e-3 Adam blindspot); with --resume it replaces the saved one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -342,6 +342,10 @@ class Trainer:
             self.D.load_state_dict(state["D"])
             self.opt_F.load_state_dict(state["opt_F"])
             self.opt_D.load_state_dict(state["opt_D"])
+        if o.lr is not None:  # --resume --lr: a new learning rate from here on (e.g. a decay stage)
+            for opt in (self.opt_G, self.opt_F, self.opt_D):
+                for group in (opt.param_groups if opt is not None else ()):
+                    group["lr"] = o.lr
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":

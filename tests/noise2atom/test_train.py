@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from noise2atom.checkpoint import load_checkpoint, load_generator, train_state_path
+from noise2atom.checkpoint import load_checkpoint, load_generator, load_train_state, train_state_path
 from noise2atom.metrics import ssim
 from noise2atom.stem_sim import simulate_series
 from noise2atom.target_sim import TargetPrior
@@ -87,6 +87,20 @@ def test_resume_continues_exactly(tmp_path, series, method):
     for k, v in _weights(straight).items():
         assert torch.equal(v, second.G.state_dict()[k]), k
     assert load_checkpoint(tmp_path / "b.safetensors").config.iteration == 6
+
+
+def test_resume_with_lr_continues_at_the_new_rate(tmp_path):
+    data = simulated_training_data(n_frames=4, size=48, scene="crystal", peak_counts=1.0, seed=1, patch=32)
+    Trainer(options=TrainOptions(iterations=2, patch=32, batch=2), data=data).run(tmp_path / "m.safetensors",
+                                                                                  progress=False)
+    kept = Trainer(options=TrainOptions(iterations=3, patch=32, batch=2), data=data)
+    kept.resume(tmp_path / "m.safetensors")
+    assert kept.opt_G.param_groups[0]["lr"] == pytest.approx(1e-3)  # the saved rate
+    decay = Trainer(options=TrainOptions(iterations=3, patch=32, batch=2, lr=1e-4), data=data)
+    decay.resume(tmp_path / "m.safetensors")
+    assert decay.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4)
+    decay.run(tmp_path / "m.safetensors", progress=False)
+    assert load_train_state(tmp_path / "m.safetensors")["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
 
 
 def test_resume_refuses_other_method_or_data(tmp_path):
