@@ -60,7 +60,7 @@ gpu-check-plan:
 # a shared 2-core CPU. Iterations, not minutes, so a faster machine does the same training.
 model: $(BIN)/.installed
 	nice -n 10 $(BIN)/n2a-train --mixture --sim-size 192 --mixture-series 160 --method supervised \
-	    --model lite --iterations 484 --seed 0 --threads 2 --checkpoint-every 100 --preview-every 100 \
+	    --model lite-residual --iterations 20000 --seed 0 --threads 2 --checkpoint-every 250 --preview-every 500 \
 	    --quiet --overwrite --out models/default.safetensors
 
 clean:

@@ -57,14 +57,15 @@ def shared_data() -> Path:
 
 def zero_checkpoint(path: Path) -> Path:
     """A real lite checkpoint whose generator outputs a constant (every weight zero), with the
-    bundled model's config: the engine runs it like any model and it blanks every frame."""
+    bundled model's config (as a plain, non-residual ``lite``: a zeroed residual net is the
+    identity): the engine runs it like any model and it blanks every frame."""
     import torch
 
     from noise2atom.checkpoint import default_model_path, load_checkpoint, save_checkpoint
     from noise2atom.models import build_generator
 
-    config = load_checkpoint(default_model_path()).config
-    state = {k: torch.zeros_like(v) for k, v in build_generator(config.size).state_dict().items()}
+    config = load_checkpoint(default_model_path()).config.model_copy(update={"size": "lite"})
+    state = {k: torch.zeros_like(v) for k, v in build_generator("lite").state_dict().items()}
     return save_checkpoint(path, config, state)
 
 

@@ -61,8 +61,12 @@ def test_files_are_resampled_by_default_and_not_with_no_resample(tmp_path, capsy
     assert off.shape == counts.shape
     corr_on, corr_off, corr_raw = (mean_correlation(on, clean), mean_correlation(off, clean),
                                    mean_correlation(counts, clean))
-    # measured (model aa3904eb5726): raw 0.55, as it is 0.62, resampled x1.63 0.72
-    assert corr_on > corr_off + 0.03 and corr_on > corr_raw + 0.1, (corr_raw, corr_off, corr_on)
+    # Measured: raw 0.55; model aa3904eb5726 (tanh lite) as it is 0.62, resampled x1.63 0.72; the
+    # lite-residual model of it. 24000 as it is 0.74, resampled 0.63 (zoomed up linearly: a couple of
+    # counts). On this narrow lattice at 2 counts the new model does better unzoomed (at 10 counts
+    # the two tie, at 50 the zoom wins, and on abTEM Au / SrTiO3 it wins at most doses:
+    # models/README.md), so only "both denoise" is asserted, plus the exact pipeline above.
+    assert corr_on > corr_raw + 0.05 and corr_off > corr_raw + 0.1, (corr_raw, corr_off, corr_on)
 
     _, meta_noise, report_noise = _denoise(tmp_path, noise, "noise", capsys=capsys)
     assert meta_noise["resample"] == 1.0 and meta_noise["resample_pitch_px"] is None

@@ -173,13 +173,14 @@ def test_version1_without_training_record_or_prior(tmp_path):
     assert load_checkpoint(path).config.train.bs_loss_used is None
 
 
-def test_bundled_default_model_is_version1_and_loads():
+def test_bundled_default_model_loads():
     path = default_model_path()
     if "N2A_MODEL" in __import__("os").environ:
         pytest.skip("N2A_MODEL points elsewhere; this test reads the bundled model")
-    assert _stored_config(path)["version"] == 1  # written by n2a 0.1: the migration is exercised
+    assert _stored_config(path)["version"] == 2  # version 1 files: test_version1_checkpoint_loads...
     config, generator = load_generator(path)
     assert config.version == 2 and config.method == "supervised" and config.prior is None
+    assert config.size == "lite-residual" and config.data.meta["simulator"] == "noise2atom.mixture"
     assert config.train.method == "supervised" and config.train.bs_loss_used == "mse"
     with torch.no_grad():
         assert generator(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)

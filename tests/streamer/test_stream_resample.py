@@ -63,8 +63,12 @@ def test_each_series_gets_its_own_zoom_and_keeps_its_shape(zmq_ctx):
     den_off = np.stack([m.arrays["denoised"] for m in off["narrow"]])
     corr_on, corr_off = mean_correlation(den_on, narrow_truth), mean_correlation(den_off, narrow_truth)
     corr_raw = mean_correlation(narrow, narrow_truth)
-    # measured (model aa3904eb5726): raw 0.55, as it is 0.62, resampled x1.63 0.72
-    assert corr_on > corr_off + 0.03 and corr_on > corr_raw + 0.1, (corr_raw, corr_off, corr_on)
+    # Measured: raw 0.55; model aa3904eb5726 (tanh lite) as it is 0.62, resampled x1.63 0.72; the
+    # lite-residual model of it. 24000 as it is 0.74, resampled 0.63 (zoomed up linearly: a couple of
+    # counts). On this narrow lattice at 2 counts the new model does better unzoomed (at 10 counts
+    # the two tie, at 50 the zoom wins, and on abTEM Au / SrTiO3 it wins at most doses:
+    # models/README.md), so only "both denoise" is asserted, plus the exact pipeline above.
+    assert corr_on > corr_raw + 0.05 and corr_off > corr_raw + 0.1, (corr_raw, corr_off, corr_on)
 
 
 def test_output_header_resample_field_is_validated():
