@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"resampling {'on' if on else 'off'}: {st['received']}/{st['sent']} frames "
                     f"received, dropped {st['dropped']}" for on, st in streams.items()) + ". "
         "Resampling (the default) zooms the series so its columns are 1.25 px wide: the engine sees "
-        "a smaller frame here, and the zooms (scipy, one thread) cost the `resample` stage.",
+        "a smaller frame here, and the zooms (`noise2atom.resample.FrameZoom`: cached sparse matrices, one thread) cost the `resample` stage.",
         "",
         "| size | resampling (zoom) | engine alone fps (input size) | stream fps (CSS + guard) | "
         "median stage ms: resample | denoise | CSS | receive→publish |",
