@@ -62,9 +62,8 @@ def timing_model(folder: Path, size: str = "lite") -> tuple[Path, str]:
     from noise2atom.stem_sim import StemSimulator
 
     bundled = default_model_path()
-    lite = {"lite", "lite-residual"}
-    if bundled.is_file() and (load_checkpoint(bundled).config.size == size
-                              or {load_checkpoint(bundled).config.size, size} <= lite):
+    have = load_checkpoint(bundled).config.size if bundled.is_file() else None
+    if have is not None and (have == size or {have, size} <= {"lite", "lite-residual"}):
         return bundled, f"bundled ({bundled.name})"
     sim = StemSimulator(shape=(128, 128), seed=0)
     frames = np.stack([sim.frame(t).noisy for t in range(4)])

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from noise2atom.scaling import estimate_scaling
+from noise2atom.resample import to_model_sampling
+from noise2atom.scaling import estimate_scaling, zoom_up_order
 from noise2atom.stem_sim import StemSimulator
 
 __all__ = ["PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
@@ -167,16 +168,12 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     noisy = ((noisy - np.float32(norm.lo)) * scale - 1).astype(np.float32)
     target = ((expected_raw - np.float32(norm.lo)) * scale - 1).astype(np.float32)
     if s.zoom != 1.0:  # scaled as recorded, then zoomed: the order n2a-stream and n2a-denoise use
-        from noise2atom.scaling import zoom_up_order
-
         order = zoom_up_order(noisy[0])  # decided from the noisy series, as the tools decide
         noisy, target, clean = (_zoomed(a, s.zoom, size, order) for a in (noisy, target, clean))
     return MixtureSeries(noisy=noisy, target=target, clean=clean, lo=norm.lo, hi=norm.hi, settings=s)
 
 
 def _zoomed(frames: np.ndarray, zoom: float, size: int, up_order: int) -> np.ndarray:
-    from noise2atom.resample import to_model_sampling
-
     return np.stack([to_model_sampling(f, zoom, up_order=up_order)[:size, :size] for f in frames]).astype(np.float32)
 
 

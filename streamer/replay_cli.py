@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-from typing import Any
 
 from .replay import Replay, simulated_source
-from .source import add_socket_arguments, socket_options
+from .source import add_socket_arguments, bind_and_announce, socket_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,20 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     replay = Replay(frames=frames, fps=args.fps, count=args.count, loop=args.loop, meta=meta,
                     series=args.series, wait_subscribers=args.wait_subscribers,
                     wait_timeout_s=args.wait_timeout, **sockets)
-    try:
-        endpoint = replay.bind()
-    except OSError as e:
-        print(f"n2a-replay: {e}", file=sys.stderr)
-        replay.close()
+    if not bind_and_announce(replay, "n2a-replay"):
         return 2
-    print(json.dumps({"endpoint": endpoint, "port": replay.port, "pattern": args.pattern,
-                      "series": replay.series}), flush=True)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        replay.stop_event.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
         sent = replay.run()
     finally:

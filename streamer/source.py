@@ -7,6 +7,9 @@ themselves in :attr:`NAME` (used in messages).
 """
 from __future__ import annotations
 
+import json
+import signal
+import sys
 import threading
 from typing import Any, Literal
 
@@ -15,7 +18,7 @@ import zmq
 from .net import bind_source, drain_subscriptions, send_waiting
 from .worker import Worker
 
-__all__ = ["FrameSender", "Pattern"]
+__all__ = ["FrameSender", "Pattern", "add_socket_arguments", "bind_and_announce", "socket_options"]
 
 Pattern = Literal["pub", "push"]
 
@@ -141,3 +144,24 @@ def socket_options(args: Any, parser: Any) -> dict[str, Any]:
             parser.error(str(e))
     return dict(pattern=args.pattern, host=args.host, port=args.port, address=args.address,
                 curve_keys=keys)
+
+
+def bind_and_announce(sender: FrameSender, prog: str, **extra: Any) -> bool:
+    """For a command line: bind ``sender``, print its endpoint as one JSON line (what scripts and
+    tests read: endpoint, port, pattern, series, then ``extra``) and let SIGINT / SIGTERM stop it.
+    False when it cannot bind: one line on stderr, the sender closed."""
+    try:
+        endpoint = sender.bind()
+    except OSError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sender.close()
+        return False
+    print(json.dumps({"endpoint": endpoint, "port": sender.port, "pattern": sender.pattern,
+                      "series": getattr(sender, "series", None), **extra}), flush=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        sender.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return True

@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-from typing import Any
 
-from .source import add_socket_arguments, socket_options
+from .source import add_socket_arguments, bind_and_announce, socket_options
 from .watch import FolderWatcher
 
 
@@ -52,20 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                                 **sockets)
     except (NotADirectoryError, ValueError) as e:
         parser.error(str(e))
-    try:
-        endpoint = watcher.bind()
-    except OSError as e:
-        print(f"n2a-watch: {e}", file=sys.stderr)
-        watcher.close()
+    if not bind_and_announce(watcher, "n2a-watch", folder=str(watcher.folder)):
         return 2
-    print(json.dumps({"endpoint": endpoint, "port": watcher.port, "pattern": args.pattern,
-                      "series": watcher.series, "folder": str(watcher.folder)}), flush=True)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        watcher.stop_event.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     watcher.start()
     status = 0
     try:
