@@ -144,3 +144,18 @@ def test_bad_parameters(kwargs, match):
 def test_bad_frame_index():
     with pytest.raises(ValueError, match="non-negative integer"):
         StemSimulator(shape=(32, 32)).frame(-1)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (0.8, 0.5), (0.5, 1.2)])
+def test_site_brightness_outside_0_to_1_is_refused(bad):
+    with pytest.raises(ValueError, match=r"0 < lo <= hi <= 1 \(got"):
+        StemSimulator(shape=(32, 32), site_brightness=bad)
+
+
+def test_spread_site_brightness_gives_dimmer_atoms():
+    kw = dict(shape=(96, 96), scene="crystal", pitch_px=10.0, sigma_px=1.2, surface_dynamics=False, seed=2)
+    one, spread = StemSimulator(**kw).frame(0), StemSimulator(site_brightness=(0.1, 1.0), **kw).frame(0)
+    peak = lambda f: np.array([f.clean[int(round(r)), int(round(c))] for r, c in f.positions  # noqa: E731
+                               if 2 <= r < 94 and 2 <= c < 94])
+    assert peak(one).min() > 0.6 * peak(one).max()
+    assert peak(spread).min() < 0.3 * peak(spread).max()
