@@ -39,9 +39,11 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SimFrame", "StemSeries", "StemSimulator", "simulate_series"]
+__all__ = ["ONE_ATOM", "SimFrame", "StemSeries", "StemSimulator", "simulate_series"]
 
-Scene = Literal["nanoparticle", "crystal", "mixed"]
+Scene = Literal["nanoparticle", "crystal", "mixed", "film"]
+Basis = tuple[tuple[float, float, float], ...]  # (u, v, brightness) of each column in a cell
+ONE_ATOM: Basis = ((0.0, 0.0, 1.0),)
 
 _E_CHARGE = 1.602176634e-19
 _SUPPORT_LEVEL = 0.12  # mean support intensity relative to a full atom's peak
@@ -120,17 +122,23 @@ def _render_blobs(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigm
     return out.reshape(h + 2 * p, wp)[p:p + h, p:p + w].copy()
 
 
-def _lattice(center: np.ndarray, extent: float, pitch: float, rot_deg: float) -> np.ndarray:
-    """Sites (row, col) of a square lattice through ``center`` covering a disc of radius ``extent``."""
+def _lattice(center: np.ndarray, extent: float, pitch: float, rot_deg: float,
+             basis: Basis = ONE_ATOM) -> tuple[np.ndarray, np.ndarray]:
+    """Sites (row, col) of a square lattice through ``center`` covering a disc of radius ``extent``,
+    and each site's brightness: one site per ``(u, v, brightness)`` of ``basis`` in every cell."""
     n = int(math.ceil(extent / pitch)) + 1
     i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
     th = math.radians(rot_deg)
-    # lattice vectors a1 = pitch (cos, sin) along x, a2 perpendicular; (row, col) order
-    x = pitch * (i * math.cos(th) - j * math.sin(th))
-    y = pitch * (i * math.sin(th) + j * math.cos(th))
-    sites = np.stack([y.ravel(), x.ravel()], axis=1) + center
-    keep = np.hypot(*(sites - center).T) <= extent
-    return sites[keep]
+    sites, weight = [], []
+    for u, v, b in basis:  # (u, v): fractions of the cell along a1 and a2
+        # lattice vectors a1 = pitch (cos, sin) along x, a2 perpendicular; (row, col) order
+        x = pitch * ((i + u) * math.cos(th) - (j + v) * math.sin(th))
+        y = pitch * ((i + u) * math.sin(th) + (j + v) * math.cos(th))
+        s = np.stack([y.ravel(), x.ravel()], axis=1) + center
+        keep = np.hypot(*(s - center).T) <= extent
+        sites.append(s[keep])
+        weight.append(np.full(int(keep.sum()), float(b)))
+    return np.concatenate(sites), np.concatenate(weight)
 
 
 def _wavy_radius(angles: np.ndarray, r0: float, rng: np.random.Generator) -> np.ndarray:
@@ -141,7 +149,7 @@ def _wavy_radius(angles: np.ndarray, r0: float, rng: np.random.Generator) -> np.
     return rad
 
 
-_SCENES = ("nanoparticle", "crystal", "mixed")
+_SCENES = ("nanoparticle", "crystal", "mixed", "film")
 
 
 def _checked_settings(shape: tuple[int, int], scene: str, greater_than: list[tuple[str, float, float]],
@@ -151,7 +159,7 @@ def _checked_settings(shape: tuple[int, int], scene: str, greater_than: list[tup
     if h < 8 or w < 8:
         raise ValueError(f"shape must be at least 8x8 (got {tuple(shape)})")
     if scene not in _SCENES:
-        raise ValueError(f"scene must be 'nanoparticle', 'crystal' or 'mixed' (got {scene!r})")
+        raise ValueError(f"scene must be 'nanoparticle', 'crystal', 'mixed' or 'film' (got {scene!r})")
     for name, val, lo in greater_than:
         if not val > lo:
             raise ValueError(f"{name} must be > {lo} (got {val})")
@@ -170,20 +178,22 @@ class _World:
     """
 
     def __init__(self, shape: tuple[int, int], pad: int, pitch: float, rotation_deg: float,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, basis: Basis = ONE_ATOM) -> None:
         self.h, self.w = shape
         self.pad = p = pad
         self.shape = (self.h + 2 * p, self.w + 2 * p)  # world (r, c) = frame (r, c) at t=0 + p
-        self.pitch, self.rotation_deg, self.rng = pitch, rotation_deg, rng
+        self.pitch, self.rotation_deg, self.rng, self.basis = pitch, rotation_deg, rng, basis
         self.rr, self.cc = np.mgrid[0:self.shape[0], 0:self.shape[1]].astype(np.float64)
         self.support = np.zeros(self.shape, dtype=bool)
         self.sites: list[np.ndarray] = []
         self.prob: list[np.ndarray] = []
+        self.weight: list[np.ndarray] = []  # brightness from the basis (1: a full atom)
         self.occupiable: list[np.ndarray] = []
 
-    def add(self, s: np.ndarray, prob: np.ndarray) -> None:
+    def add(self, s: np.ndarray, prob: np.ndarray, weight: np.ndarray | None = None) -> None:
         self.sites.append(s[prob > 0])
         self.prob.append(prob[prob > 0])
+        self.weight.append(np.ones(int((prob > 0).sum())) if weight is None else weight[prob > 0])
         self.occupiable.append(s)
 
     def wavy_line(self, amp: float, k: float) -> np.ndarray:
@@ -194,23 +204,24 @@ class _World:
     def crystal(self, region: np.ndarray, hole_c: np.ndarray | None, hole_r: float) -> None:
         """Lattice sites inside ``region`` (bool world mask), vacancies, a hole with a live edge."""
         wh, ww = self.shape
-        s = _lattice(np.array([wh / 2, ww / 2]) + self.rng.uniform(0, self.pitch, 2),
-                     math.hypot(wh, ww) / 2 + self.pitch, self.pitch, self.rotation_deg)
+        s, wt = _lattice(np.array([wh / 2, ww / 2]) + self.rng.uniform(0, self.pitch, 2),
+                         math.hypot(wh, ww) / 2 + self.pitch, self.pitch, self.rotation_deg, self.basis)
         ri = np.clip(np.round(s).astype(int), 0, [wh - 1, ww - 1])
-        s = s[region[ri[:, 0], ri[:, 1]]]
+        inside = region[ri[:, 0], ri[:, 1]]
+        s, wt = s[inside], wt[inside]
         prob = np.where(self.rng.random(len(s)) < 0.03, 0.0, 1.0)  # static vacancies
         if hole_c is not None:
             d = np.hypot(*(s - hole_c).T)
             outside = d >= hole_r - 0.75 * self.pitch  # sites in the hole are vacuum
-            s, prob, d = s[outside], prob[outside], d[outside]
+            s, prob, d, wt = s[outside], prob[outside], d[outside], wt[outside]
             edge = d < hole_r + 0.75 * self.pitch
             prob[edge & (d < hole_r)] = 0.3  # rim sites: mostly empty, sometimes filled
             prob[edge & (d >= hole_r) & (prob > 0)] = 0.85  # edge atoms: sometimes leave
-        self.add(s, prob)
+        self.add(s, prob, wt)
 
     def cluster(self, center: np.ndarray, radius: float, rot_offset: float = 0.0) -> None:
         """A compact grain with a wavy outline: a static core, a flickering rim and shell."""
-        s = _lattice(center, radius + 2 * self.pitch, self.pitch, self.rotation_deg + rot_offset)
+        s, wt = _lattice(center, radius + 2 * self.pitch, self.pitch, self.rotation_deg + rot_offset, self.basis)
         rel = s - center
         ang = np.arctan2(rel[:, 0], rel[:, 1])
         outline = _wavy_radius(ang, radius, self.rng)
@@ -219,7 +230,7 @@ class _World:
         core = d <= outline - self.pitch
         shell = (~inside) & (d <= outline + self.pitch)
         prob = np.where(core, 1.0, np.where(inside, 0.85, np.where(shell, 0.12, 0.0)))
-        self.add(s, prob)
+        self.add(s, prob, wt)
 
     def adatoms(self, region: np.ndarray, n: int, avoid: np.ndarray) -> None:
         """Up to ``n`` lone atoms inside ``region``, at least 3 pitches from ``avoid``."""
@@ -264,7 +275,13 @@ def _layout_mixed(world: _World) -> None:
     world.cluster(center, max(0.13 * min(h, w), 2.5 * world.pitch), rot_offset=15.0)  # another grain
 
 
-_LAYOUTS = {"crystal": _layout_crystal, "nanoparticle": _layout_nanoparticle, "mixed": _layout_mixed}
+def _layout_film(world: _World) -> None:
+    """A crystal filling the whole field (a film seen end on): no vacuum, a few vacancies."""
+    world.crystal(np.ones(world.shape, bool), None, 0.0)
+
+
+_LAYOUTS = {"crystal": _layout_crystal, "nanoparticle": _layout_nanoparticle, "mixed": _layout_mixed,
+            "film": _layout_film}
 
 
 def _support_texture(support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -286,6 +303,17 @@ def _vacuum_mask(support: np.ndarray, occupiable: list[np.ndarray], margin: floa
     return ndimage.distance_transform_edt(~matter) > margin
 
 
+def _checked_basis(basis: Basis) -> Basis:
+    """``basis`` as floats, after checking it: at least one (u, v, brightness), 0 < brightness <= 1."""
+    try:
+        out = tuple((float(u), float(v), float(b)) for u, v, b in basis)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"basis must be a sequence of (u, v, brightness) triples (got {basis!r})") from e
+    if not out or not all(0 < b <= 1 for _, _, b in out):
+        raise ValueError(f"basis needs at least one (u, v, brightness) with 0 < brightness <= 1 (got {basis!r})")
+    return out
+
+
 class StemSimulator:
     """Simulated HAADF-STEM series with ground truth.
 
@@ -293,11 +321,12 @@ class StemSimulator:
     ----------
     shape : (int, int)
         Frame size (H, W).
-    scene : {"nanoparticle", "crystal", "mixed"}
+    scene : {"nanoparticle", "crystal", "mixed", "film"}
         ``crystal``: a rotated square lattice with vacancies and a vacuum hole whose edge atoms
         come and go. ``nanoparticle``: a compact cluster and a few adatoms on an amorphous
         support, with vacuum beyond the support's edge. ``mixed``: a crystal on the left, vacuum
         in the middle, a cluster on support on the right (a grain turned a further 15 deg).
+        ``film``: a lattice with vacancies filling the whole field, no vacuum.
     peak_counts : float
         Mean detected counts at the peak of a full-intensity atom (the dose knob; ~1 and ~0.4 are
         the low-dose cases of the quality benchmark).
@@ -322,6 +351,12 @@ class StemSimulator:
     site_brightness : (float, float)
         Range of the atoms' peak brightness relative to a full atom (uniform per site). The default
         is one element; a wide range stands for columns of different atomic number or thickness.
+    basis : tuple of (u, v, brightness)
+        The atom columns of one lattice cell: fractions ``(u, v)`` of the cell along its two
+        lattice vectors and a brightness in (0, 1] (times ``site_brightness``). The default is one
+        full atom per cell; ``((0, 0, 1), (0.5, 0.5, 0.6), (0.5, 0, 0.1), (0, 0.5, 0.1))`` is a
+        perovskite seen along [001] (bright A, dimmer B-O, faint O columns). ``pitch_px`` is the
+        cell's side.
     seed : int
         Seed of the scene and of every frame's noise.
     """
@@ -346,6 +381,7 @@ class StemSimulator:
         dwell_time_us: float = 1.0,
         beam_current_pA: float = 10.0,
         site_brightness: tuple[float, float] = (0.9, 1.0),
+        basis: Basis = ONE_ATOM,
         seed: int = 0,
     ) -> None:
         self.shape = _checked_settings(shape, scene, greater_than=[
@@ -371,6 +407,7 @@ class StemSimulator:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"site_brightness must be (lo, hi) with 0 < lo <= hi <= 1 (got {site_brightness!r})")
         self.site_brightness = (lo, hi)
+        self.basis = _checked_basis(basis)
         self._scale = 1.0 + _SUPPORT_MAX  # fixed clean scale: full atom peak + support ceiling
 
         rng = np.random.default_rng([self.seed, 0x5CE4E])
@@ -416,22 +453,24 @@ class StemSimulator:
     # ------------------------------------------------------------------ scene
     def _build_scene(self, rng: np.random.Generator) -> None:
         """Lay out the atom sites, the support texture and the vacuum mask in world coordinates."""
-        world = _World(self.shape, self._pad, self.pitch_px, self.rotation_deg, rng)
+        world = _World(self.shape, self._pad, self.pitch_px, self.rotation_deg, rng, self.basis)
         _LAYOUTS[self.scene](world)
-        self._set_sites(world.sites, world.prob, rng)
+        self._set_sites(world.sites, world.prob, world.weight, rng)
         self._support = _support_texture(world.support, rng)
         margin = 2 * 2.355 * self.sigma_px + 1.5  # two FWHM, plus pixel rounding of sites and drift
         self._vacuum = _vacuum_mask(world.support, world.occupiable, margin)
 
-    def _set_sites(self, sites: list[np.ndarray], prob: list[np.ndarray], rng: np.random.Generator) -> None:
+    def _set_sites(self, sites: list[np.ndarray], prob: list[np.ndarray], weight: list[np.ndarray],
+                   rng: np.random.Generator) -> None:
         """The scene's atom sites, each with its presence probability, brightness and epoch clock."""
         self._sites = np.concatenate(sites) if sites else np.zeros((0, 2))
         self._prob = np.concatenate(prob) if prob else np.zeros(0)
+        weight_all = np.concatenate(weight) if weight else np.zeros(0)
         if not self.surface_dynamics:  # freeze: likely-present sites stay, unlikely ones go
             keep = self._prob >= 0.5
-            self._sites, self._prob = self._sites[keep], np.ones(int(keep.sum()))
+            self._sites, self._prob, weight_all = self._sites[keep], np.ones(int(keep.sum())), weight_all[keep]
         n = len(self._sites)
-        self._site_amp = rng.uniform(*self.site_brightness, n)
+        self._site_amp = rng.uniform(*self.site_brightness, n) * weight_all
         self._period = rng.uniform(60, 240, n)  # frames between chances to change
         self._phase = rng.uniform(0, 1, n)
 

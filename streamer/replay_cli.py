@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset inside an HDF5/EMD file")
     p.add_argument("--size", type=int, default=256, help="simulated frame side (default 256)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="simulated H W")
-    p.add_argument("--scene", choices=["nanoparticle", "crystal", "mixed"], default="nanoparticle")
+    p.add_argument("--scene", choices=["nanoparticle", "crystal", "mixed", "film"], default="nanoparticle")
     p.add_argument("--peak-counts", "--dose", dest="peak_counts", type=float, default=1.0,
                    help="simulated dose: mean counts at a full atom's peak (default 1.0, low dose)")
     p.add_argument("--drift", type=float, default=0.05, help="simulated drift, px/frame (0.05)")

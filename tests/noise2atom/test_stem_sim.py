@@ -159,3 +159,29 @@ def test_spread_site_brightness_gives_dimmer_atoms():
                                if 2 <= r < 94 and 2 <= c < 94])
     assert peak(one).min() > 0.6 * peak(one).max()
     assert peak(spread).min() < 0.3 * peak(spread).max()
+
+
+def test_film_fills_the_field_with_lattice():
+    f = StemSimulator(shape=(64, 64), scene="film", pitch_px=8.0, seed=3).frame(0)
+    assert not f.vacuum_mask.any()
+    assert len(f.positions) > 0.8 * 64 * 64 / 8.0**2
+
+
+PEROVSKITE = ((0, 0, 1.0), (0.5, 0.5, 0.5), (0.5, 0, 0.15), (0, 0.5, 0.15))
+
+
+def test_a_basis_puts_columns_of_its_brightness_in_every_cell():
+    kw = dict(shape=(96, 96), scene="film", pitch_px=16.0, sigma_px=1.2, rotation_deg=0.0,
+              surface_dynamics=False, site_brightness=(1.0, 1.0), seed=5)
+    one, cell = StemSimulator(**kw).frame(0), StemSimulator(basis=PEROVSKITE, **kw).frame(0)
+    assert len(cell.positions) == pytest.approx(4 * len(one.positions), rel=0.1)
+    peaks = np.array([cell.clean[int(round(r)), int(round(c))] for r, c in cell.positions
+                      if 3 <= r < 93 and 3 <= c < 93]) / cell.clean.max()
+    for level, share in ((1.0, 0.25), (0.5, 0.25), (0.15, 0.5)):
+        assert np.mean(np.abs(peaks - level) < 0.06) == pytest.approx(share, abs=0.06), level
+
+
+@pytest.mark.parametrize("bad", [(), ((0, 0, 0.0),), ((0, 0, 1.0), (0.5, 0.5, 1.5)), ((0, 0),)])
+def test_a_basis_without_columns_of_brightness_in_0_to_1_is_refused(bad):
+    with pytest.raises(ValueError, match=r"basis .*\(got"):
+        StemSimulator(shape=(32, 32), basis=bad)
