@@ -3,8 +3,9 @@
 Each series draws its own acquisition from wide ranges (:func:`draw_settings`): dose from 0.05
 to 2,000 counts at an atom's peak (up to near noise-free, so the model learns to leave clean
 detail alone), atoms of one brightness or of brightnesses spread down to a tenth (columns of
-different atomic number), atom pitch 4-30 px with a probe blur in proportion, crystal /
-particle on amorphous support / mixed scenes (all with vacuum), bright atoms (HAADF) or dark atoms
+different atomic number), in a quarter of the series a crystal cell of unequal columns (bright
+corners, a dimmer centre, faint edges: a perovskite seen along [001]), atom pitch 4-30 px with a probe blur in proportion, crystal /
+particle on amorphous support / mixed scenes (all with vacuum) and films (lattice everywhere), bright atoms (HAADF) or dark atoms
 on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
 detector gain and offset (and clipping at 0, as an unsigned detector without offset does).
 
@@ -28,9 +29,9 @@ import numpy as np
 
 from noise2atom.resample import to_model_sampling
 from noise2atom.scaling import estimate_scaling, zoom_up_order
-from noise2atom.stem_sim import StemSimulator
+from noise2atom.stem_sim import ONE_ATOM, Basis, StemSimulator
 
-__all__ = ["PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
+__all__ = ["BASIS_FRACTION", "PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class MixtureSettings:
     peak_counts: float  # HAADF: counts at a full atom's peak; ABF: counts of the bright background
     abf_depth: float  # ABF: fraction of the background an atom's peak removes
     background_counts: float
-    pitch_px: float
+    pitch_px: float  # the lattice cell's side (with a basis, columns sit closer: pitch / 2 or / sqrt 2)
     sigma_px: float
     rotation_deg: float
     read_noise: float  # counts
@@ -57,9 +58,16 @@ class MixtureSettings:
     # zoomed by ``zoom`` (noise2atom.resample.to_model_sampling; 1 = as recorded). Zoomed frames
     # carry spatially correlated noise, which the network must know.
     zoom: float = 1.0
+    basis: Basis = ONE_ATOM  # the columns of one cell (noise2atom.stem_sim.StemSimulator)
+
+    @property
+    def spacing_px(self) -> float:
+        """The distance between the nearest columns (the pitch n2a's resampling reads)."""
+        return self.pitch_px / _cell_per_spacing(self.basis)
 
 
 PEAK_COUNTS = (0.05, 2_000.0)  # counts at a full atom's peak (log-uniform)
+BASIS_FRACTION = 0.25  # series whose crystal cell holds columns of unequal brightness
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -68,18 +76,20 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def draw_settings(rng: np.random.Generator) -> MixtureSettings:
     """Random acquisition settings spanning the microscopes the bundled model should cover."""
-    pitch = _log_uniform(rng, 4.0, 30.0)
+    pitch = _log_uniform(rng, 4.0, 30.0)  # spacing of the nearest columns
     peak = _log_uniform(rng, *PEAK_COUNTS)
+    basis = _draw_basis(rng)
+    cell = pitch * _cell_per_spacing(basis)
     contrast = "abf" if rng.random() < 0.3 else "haadf"
     offset_kind = rng.integers(4)
     offset = [0.0, rng.uniform(10, 500), rng.uniform(1_000, 20_000), -rng.uniform(10, 2_000)][offset_kind]
     return MixtureSettings(
-        scene=str(rng.choice(["crystal", "nanoparticle", "mixed"])),
+        scene=str(rng.choice(["crystal", "nanoparticle", "mixed", "film"])),
         contrast=contrast,
         peak_counts=peak,
         abf_depth=float(rng.uniform(0.25, 0.8)),
         background_counts=float(peak * rng.uniform(0.0, 0.1)),
-        pitch_px=pitch,
+        pitch_px=float(cell),
         sigma_px=float(max(0.6, pitch * rng.uniform(0.12, 0.25))),
         rotation_deg=float(rng.uniform(0, 90)),
         read_noise=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 1.5)])),
@@ -91,7 +101,27 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
         clip_at_zero=bool(offset_kind == 0 and rng.random() < 0.7),
         seed=int(rng.integers(2**31)),
         zoom=_draw_zoom(rng, pitch),
+        basis=basis,
     )
+
+
+def _cell_per_spacing(basis: Basis) -> float:
+    """A cell's side over its nearest-column distance, for the cells :func:`_draw_basis` draws:
+    corners alone 1, corners and centre sqrt 2, with edge columns too 2."""
+    return {1: 1.0, 2: float(np.sqrt(2)), 4: 2.0}[len(basis)]
+
+
+def _draw_basis(rng: np.random.Generator) -> Basis:
+    """One atom per cell, or (``BASIS_FRACTION``) a perovskite-like cell: a full corner column, a
+    centre column at 0.3-0.9 of it and, in most, faint edge columns at 0.05-0.5. Dim columns then
+    sit where a crystal puts them, rather than anywhere the noise suggests."""
+    if rng.random() >= BASIS_FRACTION:
+        return ONE_ATOM
+    cell = [(0.0, 0.0, 1.0), (0.5, 0.5, float(rng.uniform(0.3, 0.9)))]
+    if rng.random() < 0.7:
+        edge = float(rng.uniform(0.05, 0.5))
+        cell += [(0.5, 0.0, edge), (0.0, 0.5, edge)]
+    return tuple(cell)
 
 
 def _draw_zoom(rng: np.random.Generator, pitch: float) -> float:
@@ -142,7 +172,7 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     sim = StemSimulator(shape=(rec, rec), scene=s.scene, pitch_px=s.pitch_px / s.zoom,
                         sigma_px=max(0.35, s.sigma_px / s.zoom),
                         rotation_deg=s.rotation_deg, drift_px_per_frame=0.3, scan_jitter_px=0.0,
-                        site_brightness=(s.brightness_lo, 1.0), seed=s.seed)
+                        site_brightness=(s.brightness_lo, 1.0), basis=s.basis, seed=s.seed)
     clean = np.stack([sim.frame(t).clean for t in range(n_frames)]).astype(np.float32)
     if s.contrast == "haadf":
         lam = s.background_counts + s.peak_counts * clean
@@ -203,8 +233,9 @@ class MixtureData:
             sha256=f"mixture-seed{seed}-n{n_series}-f{n_frames}-s{size}", shapes=[[n_series, n_frames, size, size]],
             sources=self.sources,
             meta={"simulator": "noise2atom.mixture", "scaling": "estimate_scaling per series (0.1/99.9 percentiles)",
-                  "peak_counts": list(PEAK_COUNTS), "site_brightness": [0.1, 1.0], "pitch_px": [4.0, 30.0], "contrast": ["haadf", "abf"],
-                  "scenes": ["crystal", "nanoparticle", "mixed"], "gain": [0.5, 2000.0],
+                  "peak_counts": list(PEAK_COUNTS), "site_brightness": [0.1, 1.0], "pitch_px": [4.0, 30.0],
+                  "basis": f"{BASIS_FRACTION:.0%} perovskite-like cells, columns 0.05-1", "contrast": ["haadf", "abf"],
+                  "scenes": ["crystal", "nanoparticle", "mixed", "film"], "gain": [0.5, 2000.0],
                   "offset": [-2000.0, 20000.0]})
 
     @property

@@ -1,6 +1,8 @@
 """The random-microscope training mixture, its per-series scaling, and the pitch resampling."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,13 +17,17 @@ def test_settings_span_the_promised_ranges():
     rng = np.random.default_rng(1)
     draws = [draw_settings(rng) for _ in range(400)]
     peaks = np.array([d.peak_counts for d in draws])
-    pitches = np.array([d.pitch_px for d in draws])
+    pitches = np.array([d.spacing_px for d in draws])  # the nearest columns' distance
     assert 0.05 <= peaks.min() < 0.1 and 1_000 < peaks.max() <= 2_000
     lows = np.array([d.brightness_lo for d in draws])
     assert 0.1 <= lows.min() < 0.2 and np.mean(lows == 0.9) > 0.25  # one element, or a spread of brightnesses
     assert 4 <= pitches.min() < 5 and 25 < pitches.max() <= 30
     assert {d.contrast for d in draws} == {"haadf", "abf"}
-    assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed"}
+    assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed", "film"}
+    with_basis = np.array([len(d.basis) > 1 for d in draws])
+    assert 0.18 < with_basis.mean() < 0.32  # BASIS_FRACTION
+    dims = [b for d in draws for _, _, b in d.basis[1:]]
+    assert 0.05 <= min(dims) < 0.1 and max(dims) <= 0.9
     assert min(d.offset for d in draws) < 0 < max(d.offset for d in draws)
     zooms = np.array([d.zoom for d in draws])
     assert 0.35 < np.mean(zooms == 1) < 0.65 and zooms.min() < 0.6 and zooms.max() > 1.8
@@ -99,3 +105,20 @@ def test_pitch_resample_only_above_the_models_range():
     out = denoise_resampled(coarse.astype(np.float32), 12.0, 48.0, lambda im: seen.append(im.shape) or im)
     assert seen == [(96, 96)] and out.shape == coarse.shape
     assert np.corrcoef(out.ravel(), coarse.astype(np.float32).ravel())[0, 1] > 0.5
+
+
+def test_a_series_with_a_basis_has_dim_columns_between_the_bright_ones():
+    rng = np.random.default_rng(3)
+    s = next(d for d in (draw_settings(rng) for _ in range(100)) if len(d.basis) == 4)
+    s = dataclasses.replace(s, scene="film", peak_counts=2_000.0, background_counts=0.0, zoom=1.0,
+                            brightness_lo=0.99, pitch_px=24.0, sigma_px=1.5, contrast="haadf")
+    series = simulate_mixture_series(np.random.default_rng(0), size=96, n_frames=1, settings=s)
+    assert s.spacing_px == pytest.approx(12.0)
+    sim = StemSimulator(shape=(96, 96), scene="film", pitch_px=24.0, sigma_px=1.5, rotation_deg=s.rotation_deg,
+                        drift_px_per_frame=0.3, site_brightness=(0.99, 1.0), basis=s.basis, seed=s.seed)
+    assert np.array_equal(sim.frame(0).clean, series.clean[0])  # the simulator's own cell
+    peaks = np.array([series.clean[0][int(round(r)), int(round(c))] for r, c in sim.frame(0).positions
+                      if 3 <= r < 93 and 3 <= c < 93])
+    edge, centre = s.basis[2][2], s.basis[1][2]
+    assert np.sum(peaks < (edge + 0.05) * peaks.max()) > 0.4 * len(peaks)  # half the columns are the faint edges
+    assert np.any(np.abs(peaks / peaks.max() - centre) < 0.1)
