@@ -57,6 +57,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from --out and its .train.pt file")
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same --model; a fresh optimiser): a fine-tune")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="save a running average of the weights (decay per iteration, e.g. 0.999) as the model "
+                        "instead of the last weights (0: off)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out model (without it, an existing one is an error)")
     p.add_argument("--preview-every", type=int, default=0, metavar="N",
@@ -106,7 +111,7 @@ def _add_data_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sim-peak-counts", type=float, nargs="+", default=[1.0], metavar="COUNTS",
                    help="counts at a full atom's peak; several values: one series per dose "
                         "(seeds --sim-seed, --sim-seed + 1, ...)")
-    g.add_argument("--sim-scene", choices=["crystal", "nanoparticle", "mixed"], default="mixed")
+    g.add_argument("--sim-scene", choices=["crystal", "nanoparticle", "mixed", "film"], default="mixed")
     g.add_argument("--sim-pitch", type=float, default=8.0, help="simulated lattice pitch in px")
     g.add_argument("--sim-sigma", type=float, default=1.6, help="simulated probe blur (blob std) in px")
     g.add_argument("--sim-seed", type=int, default=0)
@@ -186,6 +191,12 @@ def _check_args(args: argparse.Namespace, patch: int) -> None:
         raise UsageError(f"--patch must be a multiple of 8, at least 16 (got {patch})")
     if (args.gain is None) != (args.offset is None):
         raise UsageError("give both --gain and --offset, or neither")
+    if args.init is not None and args.resume:
+        raise UsageError("give --init (start a new run from its weights) or --resume (continue --out), not both")
+    if args.init is not None and not args.init.is_file():
+        raise UsageError(f"--init {args.init}: no such checkpoint file")
+    if not 0 <= args.ema < 1:
+        raise UsageError(f"--ema must be in [0, 1) (got {args.ema:g})")
 
 
 def _torch_device(args: argparse.Namespace) -> str:
@@ -269,7 +280,8 @@ def _trainer(args: argparse.Namespace, data, prior, *, device: str, patch: int, 
             critic_steps=args.critic_steps, gp_weight=args.gp_weight,
             fidelity_weight=args.fidelity_weight, bs_loss=args.bs_loss, bs_spacing=args.bs_spacing,
             bs_half_width=args.bs_half_width, preview_every=args.preview_every,
-            checkpoint_every=args.checkpoint_every)
+            checkpoint_every=args.checkpoint_every,
+            init=None if args.init is None else str(args.init), ema=args.ema)
         trainer = Trainer(options=options, data=data, prior=prior)
     except ValueError as e:
         raise UsageError(str(e).replace("\n", " ")) from e

@@ -14,9 +14,15 @@ that has a truth (``n2a-train --mixture``, :class:`noise2atom.mixture.MixtureDat
 
 ``hybrid`` is ``noise2atom`` plus ``fidelity_weight`` times the blind-spot loss of
 G in the cycle update, so the data keeps the atom prior honest.
+
+``init`` starts G from another checkpoint's weights (a fine-tune; fresh optimiser). With ``ema``
+the model saved is a running average of G's weights (decay ``ema`` per iteration), which swings
+less from checkpoint to checkpoint than the last weights do; the last weights go to the
+``.train.pt`` side file, so ``--resume`` continues both.
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -133,6 +139,9 @@ class Trainer:
         if gan and prior is None:
             raise ValueError(f"method {o.method!r} needs a target prior (got None)")
         self.G = build_generator(o.size).to(self.device).train()
+        if o.init is not None:
+            self._load_init(o.init)
+        self.G_avg = copy.deepcopy(self.G).requires_grad_(False) if o.ema else None
         if gan:
             lr = o.lr or 5e-5
             self.F = build_generator(o.size).to(self.device).train()
@@ -161,6 +170,31 @@ class Trainer:
         val = data.validation_patches(o.patch) if hasattr(data, "validation_patches") else None
         self._val = torch.from_numpy(val).to(self.device) if val is not None and len(val) else None
 
+    def _load_init(self, path: str) -> None:
+        """G's weights from the checkpoint at ``path``, which must hold a generator of this size."""
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            raise ValueError(f"cannot start from {path}: {e}") from e
+        if ckpt.config.size != self.options.size:
+            raise ValueError(f"cannot start from {path}: it holds a {ckpt.config.size!r} generator "
+                             f"(expected {self.options.size!r}, the --model being trained)")
+        self.G.load_state_dict(ckpt.state_dict)
+
+    @property
+    def deployed(self) -> torch.nn.Module:
+        """The generator that is saved as the model: the weight average with ``ema``, else G."""
+        return self.G_avg if self.G_avg is not None else self.G
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        if self.G_avg is None:
+            return
+        for avg, cur in zip(self.G_avg.parameters(), self.G.parameters()):
+            avg.lerp_(cur, 1.0 - self.options.ema)
+        for avg, cur in zip(self.G_avg.buffers(), self.G.buffers()):
+            avg.copy_(cur)
+
     @torch.no_grad()
     def validation_loss(self) -> float | None:
         """Blind-spot loss of G on the held-back validation patches (fixed masks), or None.
@@ -171,12 +205,13 @@ class Trainer:
             return None
         o = self.options
         g = torch.Generator().manual_seed(1234)
-        self.G.eval()
+        net = self.deployed
+        net.eval()
         masked, mask = make_blindspot_batch(self._val.clamp(-1, 1), spacing=o.bs_spacing,
                                             half_width=o.bs_half_width, generator=g)
-        loss = blindspot_loss(self.G(masked), self._val, mask, kind=self.bs_loss,
+        loss = blindspot_loss(net(masked), self._val, mask, kind=self.bs_loss,
                               to_counts=self._to_counts)
-        self.G.train()
+        net.train()
         return float(loss)
 
     # ------------------------------------------------------------------ steps
@@ -215,6 +250,7 @@ class Trainer:
             losses = self._blindspot_step()
         else:
             losses = self._gan_step()
+        self._update_average()
         self.iteration += 1
         return losses
 
@@ -297,7 +333,7 @@ class Trainer:
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint and its resume side file (a consistent snapshot)."""
-        path = save_checkpoint(path, self.model_config(), self.G.state_dict())
+        path = save_checkpoint(path, self.model_config(), self.deployed.state_dict())
         state: dict[str, Any] = {
             "iteration": self.iteration,
             "elapsed_s": float(self.elapsed_s),
@@ -309,6 +345,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "opt_G": self.opt_G.state_dict(),
         }
+        if self.G_avg is not None:  # the checkpoint holds the average; training goes on from G
+            state["G"] = self.G.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.F is not None:
@@ -335,7 +373,9 @@ class Trainer:
             raise ResumeError(f"{path}: cannot resume on other training frames (expected data "
                               f"sha256 {str(state.get('fingerprint'))[:12]}…, got "
                               f"{self.data.fingerprint.sha256[:12]}…)")
-        self.G.load_state_dict(ckpt.state_dict)
+        self.G.load_state_dict(state.get("G", ckpt.state_dict))
+        if self.G_avg is not None:
+            self.G_avg.load_state_dict(ckpt.state_dict)
         self.opt_G.load_state_dict(state["opt_G"])
         if self.F is not None:
             self.F.load_state_dict(state["F"])
@@ -360,9 +400,10 @@ class Trainer:
         from PIL import Image
 
         noisy = np.clip(self.data.preview_frame(), -1, 1)
-        self.G.eval()
-        den = self.G(torch.from_numpy(noisy)[None, None].to(self.device))[0, 0].cpu().numpy()
-        self.G.train()
+        net = self.deployed
+        net.eval()
+        den = net(torch.from_numpy(noisy)[None, None].to(self.device))[0, 0].cpu().numpy()
+        net.train()
         pair = np.concatenate([noisy, np.full((noisy.shape[0], 4), 1.0, np.float32), den], axis=1)
         img = np.clip((pair + 1) * 127.5, 0, 255).astype(np.uint8)
         path = Path(path)

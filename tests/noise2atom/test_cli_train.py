@@ -91,6 +91,9 @@ def test_nan_only_frame(capsys, tmp_path):
     (["--iterations", "1", "--simulate"], "give one of FRAMES files, --simulate or --mixture"),
     (["--iterations", "1", "--resume", "--patch", "32"], "not found"),
     (["--iterations", "1", "--device", "banana"], "--device must be"),
+    (["--iterations", "1", "--init", "no-such.safetensors"], "--init no-such.safetensors: no such checkpoint"),
+    (["--iterations", "1", "--init", "x", "--resume"], "--init (start a new run from its weights) or --resume"),
+    (["--iterations", "1", "--ema", "1"], "--ema must be in [0, 1) (got 1)"),
 ])
 def test_bad_options(capsys, good, tmp_path, extra, needle):
     rc, err = run_main(capsys, [good, "--out", tmp_path / "m.safetensors", *extra])

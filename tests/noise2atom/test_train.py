@@ -103,6 +103,47 @@ def test_resume_with_lr_continues_at_the_new_rate(tmp_path):
     assert load_train_state(tmp_path / "m.safetensors")["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
 
 
+def test_init_starts_from_the_checkpoints_weights_with_a_fresh_optimiser(tmp_path):
+    data = simulated_training_data(n_frames=4, size=48, scene="crystal", peak_counts=1.0, seed=1, patch=32)
+    first = Trainer(options=TrainOptions(iterations=3, patch=32, batch=2), data=data)
+    first.run(tmp_path / "a.safetensors", progress=False)
+    tuned = Trainer(options=TrainOptions(iterations=2, patch=32, batch=2, seed=9,
+                                         init=str(tmp_path / "a.safetensors")), data=data)
+    for k, v in _weights(first).items():
+        assert torch.equal(v, tuned.G.state_dict()[k]), k
+    assert tuned.iteration == 0 and not tuned.opt_G.state  # a new run, not a resume
+    tuned.run(tmp_path / "b.safetensors", progress=False)
+    assert load_checkpoint(tmp_path / "b.safetensors").config.train.init == str(tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="holds a 'lite' generator \\(expected 'paper'"):
+        Trainer(options=TrainOptions(iterations=1, patch=32, batch=2, size="paper",
+                                     init=str(tmp_path / "a.safetensors")), data=data)
+
+
+def test_ema_saves_the_weight_average_and_resumes_both_exactly(tmp_path):
+    data = simulated_training_data(n_frames=4, size=48, scene="crystal", peak_counts=1.0, seed=1, patch=32)
+    kw = dict(patch=32, batch=2, seed=3, ema=0.5)
+    straight = Trainer(options=TrainOptions(iterations=4, **kw), data=data)
+    start = _weights(straight)
+    straight.run(tmp_path / "a.safetensors", progress=False)
+    saved = load_checkpoint(tmp_path / "a.safetensors").state_dict
+    last = _weights(straight)
+    for k in saved:  # the average of the start and every step's weights, not the last weights
+        assert torch.allclose(saved[k], straight.G_avg.state_dict()[k]), k
+    assert any(not torch.allclose(saved[k], last[k]) for k in saved)
+    assert any(not torch.allclose(saved[k], start[k]) for k in saved)
+    assert all(torch.equal(load_train_state(tmp_path / "a.safetensors")["G"][k], last[k]) for k in last)
+
+    half = Trainer(options=TrainOptions(iterations=2, **kw), data=data)
+    half.run(tmp_path / "b.safetensors", progress=False)
+    rest = Trainer(options=TrainOptions(iterations=4, **kw), data=data)
+    rest.resume(tmp_path / "b.safetensors")
+    rest.run(tmp_path / "b.safetensors", progress=False)
+    for k, v in last.items():
+        assert torch.equal(v, rest.G.state_dict()[k]), k
+    for k, v in load_checkpoint(tmp_path / "b.safetensors").state_dict.items():
+        assert torch.allclose(v, saved[k]), k
+
+
 def test_resume_refuses_other_method_or_data(tmp_path):
     data = simulated_training_data(n_frames=4, size=48, scene="crystal", peak_counts=1.0, seed=1, patch=32)
     t = Trainer(options=TrainOptions(iterations=1, patch=32, batch=2), data=data)
