@@ -72,7 +72,20 @@ def au_on_carbon(seed: int = 0):
                             f"amorphous C ({len(carbon)} atoms), 28 A periodic box")
 
 
-SPECIMENS = {"srtio3": srtio3_slab, "au_on_c": au_on_carbon}
+def ceo2_slab():
+    """CeO2 (fluorite) along [001], 6 x 6 cells (32.5 A square), 4 cells (2.2 nm) thick.
+
+    Held out: chosen to pick checkpoints of the bundled model, so that neither scored specimen does.
+    Bright Ce columns on a square of a/sqrt(2), faint O columns between them."""
+    from ase.spacegroup import crystal
+
+    cell = crystal(["Ce", "O"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225,
+                   cellpar=[5.411, 5.411, 5.411, 90, 90, 90])
+    atoms = cell * (6, 6, 4)
+    return atoms, ("Ce",), "CeO2 [001] slab, 6x6x4 cells (32.5 A square, 2.2 nm thick)"
+
+
+SPECIMENS = {"srtio3": srtio3_slab, "au_on_c": au_on_carbon, "ceo2": ceo2_slab}
 
 
 def project_columns(atoms, symbols, origin_a: float, sampling_a: float, tol_a: float = 0.3):
