@@ -68,6 +68,9 @@ class MixtureSettings:
 
 PEAK_COUNTS = (0.05, 2_000.0)  # counts at a full atom's peak (log-uniform)
 BASIS_FRACTION = 0.25  # series whose crystal cell holds columns of unequal brightness
+# Probe blur over the nearest columns' distance. Down to 0.06: zoomed to n2a's column width
+# (noise2atom.scaling.MODEL_SIGMA_PX), abTEM's SrTiO3 and CeO2 have sigma ~1.1 px at a 13-14 px spacing.
+SIGMA_PER_SPACING = (0.06, 0.25)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -90,7 +93,7 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
         abf_depth=float(rng.uniform(0.25, 0.8)),
         background_counts=float(peak * rng.uniform(0.0, 0.1)),
         pitch_px=float(cell),
-        sigma_px=float(max(0.6, pitch * rng.uniform(0.12, 0.25))),
+        sigma_px=float(max(0.6, pitch * _log_uniform(rng, *SIGMA_PER_SPACING))),
         rotation_deg=float(rng.uniform(0, 90)),
         read_noise=float(rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.3, 1.5)])),
         line_noise=float(rng.choice([0.0, 0.0, rng.uniform(0, 0.15) * np.sqrt(peak) + rng.uniform(0, 0.1)])),

@@ -22,6 +22,9 @@ def test_settings_span_the_promised_ranges():
     lows = np.array([d.brightness_lo for d in draws])
     assert 0.1 <= lows.min() < 0.2 and np.mean(lows == 0.9) > 0.25  # one element, or a spread of brightnesses
     assert 4 <= pitches.min() < 5 and 25 < pitches.max() <= 30
+    blur = np.array([d.sigma_px for d in draws]) / pitches
+    sharp = blur[np.array([d.sigma_px for d in draws]) > 0.6]  # above the 0.6 px floor
+    assert sharp.min() < 0.07 and 0.2 < sharp.max() <= 0.25  # sharp columns too, as abTEM's zoomed
     assert {d.contrast for d in draws} == {"haadf", "abf"}
     assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed", "film"}
     with_basis = np.array([len(d.basis) > 1 for d in draws])
