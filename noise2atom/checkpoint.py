@@ -179,6 +179,9 @@ class ModelConfig(BaseModel):
     n2a_version: str = Field(default_factory=n2a_version)
     train: TrainRecord | None = Field(
         default=None, description="training options used (None when not trained by n2a-train)")
+    averaged_iterations: list[int] | None = Field(
+        default=None, description="the checkpoints (iterations) whose weights this model averages "
+        "(noise2atom.average); None: one checkpoint's weights")
 
     @property
     def meta(self) -> dict[str, Any]:

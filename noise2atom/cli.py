@@ -68,6 +68,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="write <out>.preview.png (noisy | denoised) every N iterations")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="save the checkpoint every N iterations (always at the end and on Ctrl-C)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep each --checkpoint-every checkpoint as <out stem>.it<N>.safetensors "
+                        "(to choose one, or average them with python -m noise2atom.average)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dataset", help="HDF5 dataset path for all FRAMES")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",
@@ -280,7 +283,7 @@ def _trainer(args: argparse.Namespace, data, prior, *, device: str, patch: int, 
             critic_steps=args.critic_steps, gp_weight=args.gp_weight,
             fidelity_weight=args.fidelity_weight, bs_loss=args.bs_loss, bs_spacing=args.bs_spacing,
             bs_half_width=args.bs_half_width, preview_every=args.preview_every,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             init=None if args.init is None else str(args.init), ema=args.ema)
         trainer = Trainer(options=options, data=data, prior=prior)
     except ValueError as e:

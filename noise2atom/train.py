@@ -48,7 +48,13 @@ from noise2atom.target_sim import TargetPrior
 from noise2atom.train_data import TrainingData
 from noise2atom.train_options import TrainOptions, TrainRecord
 
-__all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError"]
+__all__ = ["TrainOptions", "Trainer", "TrainResult", "ResumeError", "kept_checkpoint_path"]
+
+
+def kept_checkpoint_path(out: str | Path, iteration: int) -> Path:
+    """Where ``keep_checkpoints`` keeps the checkpoint of ``iteration``: ``<stem>.it<N>.safetensors``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.it{iteration}{out.suffix}")
 
 
 class ResumeError(ValueError):
@@ -464,8 +470,11 @@ class Trainer:
         return (total is not None and self.iteration >= total) or time.perf_counter() >= deadline
 
     def _checkpoint(self, out: Path, recent: list[dict[str, float]], log: Callable[[str], None]) -> None:
-        """Save, then log the mean of the ``recent`` losses and the validation loss."""
+        """Save (and keep a copy, with ``keep_checkpoints``), then log the mean of the ``recent``
+        losses and the validation loss."""
         self.save(out)
+        if self.options.keep_checkpoints:
+            save_checkpoint(kept_checkpoint_path(out, self.iteration), self.model_config(), self.deployed.state_dict())
         mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
         val = self.validation_loss()
         log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())

@@ -43,6 +43,8 @@ class TrainOptions(BaseModel):
     bs_half_width: int = Field(default=2, ge=0)
     preview_every: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=0, ge=0)
+    keep_checkpoints: bool = Field(default=False, description="also keep each checkpoint as "
+                                   "<out stem>.it<N>.safetensors (to choose or average them)")
     init: str | None = Field(default=None, description="checkpoint whose generator weights to start from")
     ema: float = Field(default=0.0, ge=0, lt=1, description="decay of the running weight average saved "
                        "as the model (0: the last weights)")
