@@ -43,6 +43,7 @@ __all__ = ["ONE_ATOM", "SimFrame", "StemSeries", "StemSimulator", "simulate_seri
 
 Scene = Literal["nanoparticle", "crystal", "mixed", "film"]
 Basis = tuple[tuple[float, float, float], ...]  # (u, v, brightness) of each column in a cell
+Lattice = Literal["square", "hexagonal"]
 ONE_ATOM: Basis = ((0.0, 0.0, 1.0),)
 
 _E_CHARGE = 1.602176634e-19
@@ -123,17 +124,21 @@ def _render_blobs(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigm
 
 
 def _lattice(center: np.ndarray, extent: float, pitch: float, rot_deg: float,
-             basis: Basis = ONE_ATOM) -> tuple[np.ndarray, np.ndarray]:
-    """Sites (row, col) of a square lattice through ``center`` covering a disc of radius ``extent``,
-    and each site's brightness: one site per ``(u, v, brightness)`` of ``basis`` in every cell."""
-    n = int(math.ceil(extent / pitch)) + 1
+             basis: Basis = ONE_ATOM, lattice: Lattice = "square") -> tuple[np.ndarray, np.ndarray]:
+    """Sites (row, col) of a square or hexagonal lattice through ``center`` covering a disc of
+    radius ``extent``, and each site's brightness: one site per ``(u, v, brightness)`` of ``basis``
+    in every cell."""
+    hexagonal = lattice == "hexagonal"
+    n = int(math.ceil(extent / (pitch * (math.sqrt(3) / 2 if hexagonal else 1.0)))) + 1
     i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
     th = math.radians(rot_deg)
+    # lattice vectors a1 = pitch (cos, sin) along x; a2 perpendicular (square) or at 60 deg
+    # (hexagonal); (row, col) order. The square case keeps its own formula, bit for bit.
+    c2, s2 = (math.cos(th + math.pi / 3), math.sin(th + math.pi / 3)) if hexagonal else (-math.sin(th), math.cos(th))
     sites, weight = [], []
     for u, v, b in basis:  # (u, v): fractions of the cell along a1 and a2
-        # lattice vectors a1 = pitch (cos, sin) along x, a2 perpendicular; (row, col) order
-        x = pitch * ((i + u) * math.cos(th) - (j + v) * math.sin(th))
-        y = pitch * ((i + u) * math.sin(th) + (j + v) * math.cos(th))
+        x = pitch * ((i + u) * math.cos(th) + (j + v) * c2)
+        y = pitch * ((i + u) * math.sin(th) + (j + v) * s2)
         s = np.stack([y.ravel(), x.ravel()], axis=1) + center
         keep = np.hypot(*(s - center).T) <= extent
         sites.append(s[keep])
@@ -178,11 +183,11 @@ class _World:
     """
 
     def __init__(self, shape: tuple[int, int], pad: int, pitch: float, rotation_deg: float,
-                 rng: np.random.Generator, basis: Basis = ONE_ATOM) -> None:
+                 rng: np.random.Generator, basis: Basis = ONE_ATOM, lattice: Lattice = "square") -> None:
         self.h, self.w = shape
         self.pad = p = pad
         self.shape = (self.h + 2 * p, self.w + 2 * p)  # world (r, c) = frame (r, c) at t=0 + p
-        self.pitch, self.rotation_deg, self.rng, self.basis = pitch, rotation_deg, rng, basis
+        self.pitch, self.rotation_deg, self.rng, self.basis, self.lattice = pitch, rotation_deg, rng, basis, lattice
         self.rr, self.cc = np.mgrid[0:self.shape[0], 0:self.shape[1]].astype(np.float64)
         self.support = np.zeros(self.shape, dtype=bool)
         self.sites: list[np.ndarray] = []
@@ -205,7 +210,8 @@ class _World:
         """Lattice sites inside ``region`` (bool world mask), vacancies, a hole with a live edge."""
         wh, ww = self.shape
         s, wt = _lattice(np.array([wh / 2, ww / 2]) + self.rng.uniform(0, self.pitch, 2),
-                         math.hypot(wh, ww) / 2 + self.pitch, self.pitch, self.rotation_deg, self.basis)
+                         math.hypot(wh, ww) / 2 + self.pitch, self.pitch, self.rotation_deg, self.basis,
+                         self.lattice)
         ri = np.clip(np.round(s).astype(int), 0, [wh - 1, ww - 1])
         inside = region[ri[:, 0], ri[:, 1]]
         s, wt = s[inside], wt[inside]
@@ -221,7 +227,8 @@ class _World:
 
     def cluster(self, center: np.ndarray, radius: float, rot_offset: float = 0.0) -> None:
         """A compact grain with a wavy outline: a static core, a flickering rim and shell."""
-        s, wt = _lattice(center, radius + 2 * self.pitch, self.pitch, self.rotation_deg + rot_offset, self.basis)
+        s, wt = _lattice(center, radius + 2 * self.pitch, self.pitch, self.rotation_deg + rot_offset, self.basis,
+                         self.lattice)
         rel = s - center
         ang = np.arctan2(rel[:, 0], rel[:, 1])
         outline = _wavy_radius(ang, radius, self.rng)
@@ -357,6 +364,9 @@ class StemSimulator:
         full atom per cell; ``((0, 0, 1), (0.5, 0.5, 0.6), (0.5, 0, 0.1), (0, 0.5, 0.1))`` is a
         perovskite seen along [001] (bright A, dimmer B-O, faint O columns). ``pitch_px`` is the
         cell's side.
+    lattice : {"square", "hexagonal"}
+        The cell's second lattice vector at 90 or 60 deg to the first. ``hexagonal`` with
+        ``basis=((0, 0, 1), (1/3, 1/3, 0.7))`` is a honeycomb (MoS2 along [001]: Mo and S2 columns).
     seed : int
         Seed of the scene and of every frame's noise.
     """
@@ -382,6 +392,7 @@ class StemSimulator:
         beam_current_pA: float = 10.0,
         site_brightness: tuple[float, float] = (0.9, 1.0),
         basis: Basis = ONE_ATOM,
+        lattice: Lattice = "square",
         seed: int = 0,
     ) -> None:
         self.shape = _checked_settings(shape, scene, greater_than=[
@@ -408,6 +419,9 @@ class StemSimulator:
             raise ValueError(f"site_brightness must be (lo, hi) with 0 < lo <= hi <= 1 (got {site_brightness!r})")
         self.site_brightness = (lo, hi)
         self.basis = _checked_basis(basis)
+        if lattice not in ("square", "hexagonal"):
+            raise ValueError(f"lattice must be 'square' or 'hexagonal' (got {lattice!r})")
+        self.lattice = lattice
         self._scale = 1.0 + _SUPPORT_MAX  # fixed clean scale: full atom peak + support ceiling
 
         rng = np.random.default_rng([self.seed, 0x5CE4E])
@@ -453,7 +467,7 @@ class StemSimulator:
     # ------------------------------------------------------------------ scene
     def _build_scene(self, rng: np.random.Generator) -> None:
         """Lay out the atom sites, the support texture and the vacuum mask in world coordinates."""
-        world = _World(self.shape, self._pad, self.pitch_px, self.rotation_deg, rng, self.basis)
+        world = _World(self.shape, self._pad, self.pitch_px, self.rotation_deg, rng, self.basis, self.lattice)
         _LAYOUTS[self.scene](world)
         self._set_sites(world.sites, world.prob, world.weight, rng)
         self._support = _support_texture(world.support, rng)

@@ -185,3 +185,21 @@ def test_a_basis_puts_columns_of_its_brightness_in_every_cell():
 def test_a_basis_without_columns_of_brightness_in_0_to_1_is_refused(bad):
     with pytest.raises(ValueError, match=r"basis .*\(got"):
         StemSimulator(shape=(32, 32), basis=bad)
+
+
+def test_a_hexagonal_honeycomb_has_its_columns_at_a_third_of_the_cell():
+    kw = dict(shape=(96, 96), scene="film", pitch_px=12.0, sigma_px=1.0, rotation_deg=7.0, surface_dynamics=False,
+              site_brightness=(1.0, 1.0), lattice="hexagonal", seed=1)
+    tri = StemSimulator(**kw).frame(0).positions
+    honey = StemSimulator(basis=((0, 0, 1.0), (1 / 3, 1 / 3, 0.6)), **kw).frame(0).positions
+
+    def nearest(p):
+        d = np.hypot(*(p[:, None] - p[None]).transpose(2, 0, 1))
+        np.fill_diagonal(d, np.inf)
+        return np.median(d.min(axis=1)), np.median(np.sort(d, axis=1)[:, 5])  # nearest; 6th nearest
+
+    assert nearest(tri) == pytest.approx((12.0, 12.0), rel=1e-6)  # six neighbours at the pitch
+    assert nearest(honey)[0] == pytest.approx(12.0 / np.sqrt(3), rel=1e-6)
+    assert len(honey) == pytest.approx(2 * len(tri), rel=0.1)
+    with pytest.raises(ValueError, match="lattice must be 'square' or 'hexagonal' \\(got 'cubic'\\)"):
+        StemSimulator(shape=(32, 32), lattice="cubic")
