@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from noise2atom.stem_sim import SCENES
+
 __all__ = ["main", "build_parser"]
 
 PROG = "n2a-train"
@@ -114,7 +116,7 @@ def _add_data_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sim-peak-counts", type=float, nargs="+", default=[1.0], metavar="COUNTS",
                    help="counts at a full atom's peak; several values: one series per dose "
                         "(seeds --sim-seed, --sim-seed + 1, ...)")
-    g.add_argument("--sim-scene", choices=["crystal", "nanoparticle", "mixed", "film"], default="mixed")
+    g.add_argument("--sim-scene", choices=SCENES, default="mixed")
     g.add_argument("--sim-pitch", type=float, default=8.0, help="simulated lattice pitch in px")
     g.add_argument("--sim-sigma", type=float, default=1.6, help="simulated probe blur (blob std) in px")
     g.add_argument("--sim-seed", type=int, default=0)

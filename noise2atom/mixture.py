@@ -4,9 +4,9 @@ Each series draws its own acquisition from wide ranges (:func:`draw_settings`): 
 to 2,000 counts at an atom's peak (up to near noise-free, so the model learns to leave clean
 detail alone), atoms of one brightness or of brightnesses spread down to a tenth (columns of
 different atomic number), in a quarter of the series a crystal cell of unequal columns (bright
-corners, a dimmer centre, faint edges: a perovskite seen along [001]), atom pitch 4-30 px with a probe blur in proportion, crystal /
-particle on amorphous support / mixed scenes (all with vacuum) and films (lattice everywhere), bright atoms (HAADF) or dark atoms
-on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
+corners, a dimmer centre, faint edges: a perovskite seen along [001]), column spacing 4-30 px with
+a probe blur of 0.06-0.25 of it, crystal / particle on amorphous support / mixed scenes (all with
+vacuum) and films (lattice everywhere), bright atoms (HAADF) or dark atoms on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
 detector gain and offset (and clipping at 0, as an unsigned detector without offset does).
 
 The specimen and its truth come from :class:`noise2atom.stem_sim.StemSimulator` (its ``clean``

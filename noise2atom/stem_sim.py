@@ -34,17 +34,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ONE_ATOM", "SimFrame", "StemSeries", "StemSimulator", "simulate_series"]
+__all__ = ["ONE_ATOM", "SCENES", "SimFrame", "StemSeries", "StemSimulator", "simulate_series"]
 
 Scene = Literal["nanoparticle", "crystal", "mixed", "film"]
 Basis = tuple[tuple[float, float, float], ...]  # (u, v, brightness) of each column in a cell
 Lattice = Literal["square", "hexagonal"]
 ONE_ATOM: Basis = ((0.0, 0.0, 1.0),)
+SCENES: tuple[str, ...] = get_args(Scene)  # what the CLIs offer
 
 _E_CHARGE = 1.602176634e-19
 _SUPPORT_LEVEL = 0.12  # mean support intensity relative to a full atom's peak
@@ -154,17 +155,14 @@ def _wavy_radius(angles: np.ndarray, r0: float, rng: np.random.Generator) -> np.
     return rad
 
 
-_SCENES = ("nanoparticle", "crystal", "mixed", "film")
-
-
 def _checked_settings(shape: tuple[int, int], scene: str, greater_than: list[tuple[str, float, float]],
                       non_negative: list[tuple[str, float]]) -> tuple[int, int]:
     """``(H, W)`` from ``shape``, after checking it, ``scene`` and the numeric settings."""
     h, w = (int(v) for v in shape)
     if h < 8 or w < 8:
         raise ValueError(f"shape must be at least 8x8 (got {tuple(shape)})")
-    if scene not in _SCENES:
-        raise ValueError(f"scene must be 'nanoparticle', 'crystal', 'mixed' or 'film' (got {scene!r})")
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(map(repr, SCENES))} (got {scene!r})")
     for name, val, lo in greater_than:
         if not val > lo:
             raise ValueError(f"{name} must be > {lo} (got {val})")
@@ -419,7 +417,7 @@ class StemSimulator:
             raise ValueError(f"site_brightness must be (lo, hi) with 0 < lo <= hi <= 1 (got {site_brightness!r})")
         self.site_brightness = (lo, hi)
         self.basis = _checked_basis(basis)
-        if lattice not in ("square", "hexagonal"):
+        if lattice not in get_args(Lattice):
             raise ValueError(f"lattice must be 'square' or 'hexagonal' (got {lattice!r})")
         self.lattice = lattice
         self._scale = 1.0 + _SUPPORT_MAX  # fixed clean scale: full atom peak + support ceiling

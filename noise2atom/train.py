@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from noise2atom.checkpoint import (
     save_train_state,
     train_state_path,
 )
-from noise2atom.files import file_sha256
+from noise2atom.files import atomic_write, file_sha256
 from noise2atom.models import Critic, LowPass, build_generator
 from noise2atom.target_sim import TargetPrior
 from noise2atom.train_data import TrainingData
@@ -473,8 +474,8 @@ class Trainer:
         """Save (and keep a copy, with ``keep_checkpoints``), then log the mean of the ``recent``
         losses and the validation loss."""
         self.save(out)
-        if self.options.keep_checkpoints:
-            save_checkpoint(kept_checkpoint_path(out, self.iteration), self.model_config(), self.deployed.state_dict())
+        if self.options.keep_checkpoints:  # the very file just written, not a second serialisation
+            atomic_write(kept_checkpoint_path(out, self.iteration), lambda tmp: shutil.copyfile(out, tmp))
         mean = {k: np.mean([r[k] for r in recent]) for k in recent[-1]}
         val = self.validation_loss()
         log(f"iteration {self.iteration}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items())

@@ -15,6 +15,8 @@ from .source import add_socket_arguments, bind_and_announce, socket_options
 
 
 def _parser() -> argparse.ArgumentParser:
+    from noise2atom.stem_sim import SCENES  # lazily, as the streamer imports noise2atom everywhere
+
     p = argparse.ArgumentParser(
         prog="n2a-replay",
         description="Publish STEM frames over n2a's protocol v1 from a file or the simulator.")
@@ -24,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset inside an HDF5/EMD file")
     p.add_argument("--size", type=int, default=256, help="simulated frame side (default 256)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="simulated H W")
-    p.add_argument("--scene", choices=["nanoparticle", "crystal", "mixed", "film"], default="nanoparticle")
+    p.add_argument("--scene", choices=SCENES, default="nanoparticle")
     p.add_argument("--peak-counts", "--dose", dest="peak_counts", type=float, default=1.0,
                    help="simulated dose: mean counts at a full atom's peak (default 1.0, low dose)")
     p.add_argument("--drift", type=float, default=0.05, help="simulated drift, px/frame (0.05)")
