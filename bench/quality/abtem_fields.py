@@ -7,6 +7,7 @@ simulation parameters and the projected atom-column positions (pixels, row/col) 
 
     nice -n 10 python -m bench.quality.abtem_fields srtio3     # minutes on one shared core
     nice -n 10 python -m bench.quality.abtem_fields au_on_c    # minutes on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields ceo2 gan   # held out: used to choose the model
 
 The cell is periodic (a whole number of unit cells for the crystal; a periodic box of amorphous
 carbon for the particle), so the drift shift can wrap the field exactly.
@@ -85,7 +86,20 @@ def ceo2_slab():
     return atoms, ("Ce",), "CeO2 [001] slab, 6x6x4 cells (32.5 A square, 2.2 nm thick)"
 
 
-SPECIMENS = {"srtio3": srtio3_slab, "au_on_c": au_on_carbon, "ceo2": ceo2_slab}
+def gan_slab():
+    """GaN (wurtzite) along [0001], 10 x 6 orthogonal cells (31.9 x 33.1 A), 4 cells (2.1 nm) thick.
+
+    Held out with CeO2, to choose the bundled model on a hexagonal crystal too: along [0001] the
+    Ga and N atoms share columns that form a honeycomb of equal columns, a / sqrt(3) = 1.84 A apart."""
+    from abtem.atoms import orthogonalize_cell
+    from ase.build import bulk
+
+    cell = orthogonalize_cell(bulk("GaN", "wurtzite", a=3.189, c=5.185))
+    atoms = cell * (10, 6, 4)
+    return atoms, ("Ga",), "GaN [0001] slab, 10x6x4 orthogonal cells (31.9 x 33.1 A, 2.1 nm thick)"
+
+
+SPECIMENS = {"srtio3": srtio3_slab, "au_on_c": au_on_carbon, "ceo2": ceo2_slab, "gan": gan_slab}
 
 
 def project_columns(atoms, symbols, origin_a: float, sampling_a: float, tol_a: float = 0.3):

@@ -55,7 +55,8 @@ def render(r: dict, grid: Path) -> str:
         "scaling from each series itself (`noise2atom.scaling.estimate_scaling` over the series' frames, or "
         "the one image) and, as `n2a-denoise` does, each series zoomed so its columns' estimated width "
         "is the model's 1.25 px (`noise2atom.scaling.series_zoom`, within ×0.5–2; no zoom where no lattice "
-        "is trusted) and back, through `engines.open_engine` with ONNX Runtime on CPU. The model fitted on "
+        "is trusted; where a lattice is trusted but its width cannot be fitted, its pitch brought up to 12 px, "
+        "by at most ×2) and back, through `engines.open_engine` with ONNX Runtime on CPU. The model fitted on "
         "the data runs at the data's own sampling (as `n2a-denoise --fit`).",
         f"- Series: {r['frames']} frames each ({r['crop']}² for abTEM, {2 * r['crop']}² crops for temul MoS2 and "
         f"tk_r_em; the last {r['score_frames']} scored, the models' input scaling from all), sub-pixel "

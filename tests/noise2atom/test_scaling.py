@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noise2atom.scaling import (ZOOM_RANGE, applied_zoom, denoise_resampled, estimate_pitch, estimate_scaling,
-                                resample_factor, resample_pitches, series_zoom)
+from noise2atom.scaling import (MODEL_PITCH_PX, ZOOM_RANGE, applied_zoom, denoise_resampled, estimate_pitch,
+                                estimate_scaling, resample_factor, resample_pitches, series_zoom,
+                                width_unknown_target)
 from noise2atom.stem_sim import StemSimulator
 
 
@@ -78,6 +79,20 @@ def test_resample_pitches_bring_the_column_width_to_the_target():
     assert target == pytest.approx(7, rel=0.15)  # sigma 2.5 -> 1.25: half the pitch
     noise = np.random.default_rng(0).poisson(0.5, (2, 96, 96)).astype(np.float32)
     assert resample_pitches(noise) is None
+
+
+def test_a_lattice_whose_width_cannot_be_fitted_is_zoomed_by_its_pitch():
+    # A honeycomb at a few counts: the lattice stands out, but the prior's square-lattice orders
+    # give no width. The pitch alone brings it up to MODEL_PITCH_PX, by at most ZOOM_RANGE[1].
+    frames = np.stack([StemSimulator(shape=(96, 96), scene="film", lattice="hexagonal", pitch_px=6,
+                                     basis=((0, 0, 1), (1 / 3, 1 / 3, 1)), sigma_px=1.2, peak_counts=2,
+                                     seed=1).frame(t).noisy for t in range(4)])
+    x = estimate_scaling(frames).to_model(frames)
+    pitch, target = resample_pitches(x)
+    assert 4 < pitch < 7
+    assert target == pytest.approx(min(MODEL_PITCH_PX, ZOOM_RANGE[1] * pitch))
+    assert series_zoom(x)[1] == pytest.approx(target / pitch)
+    assert width_unknown_target(MODEL_PITCH_PX) is None  # never a zoom down without a width
 
 
 def test_bad_input_is_refused_with_what_was_got():
