@@ -4,7 +4,8 @@ Each series draws its own acquisition from wide ranges (:func:`draw_settings`): 
 to 2,000 counts at an atom's peak (up to near noise-free, so the model learns to leave clean
 detail alone), atoms of one brightness or of brightnesses spread down to a tenth (columns of
 different atomic number), in a quarter of the series a crystal cell of unequal columns (bright
-corners, a dimmer centre, faint edges: a perovskite seen along [001]), column spacing 4-30 px with
+corners, a dimmer centre, faint edges: a perovskite seen along [001]), in 15 % a hexagonal lattice
+(half of them honeycombs: GaN [0001], MoS2, graphene), column spacing 4-30 px with
 a probe blur of 0.06-0.25 of it, crystal / particle on amorphous support / mixed scenes (all with
 vacuum) and films (lattice everywhere), bright atoms (HAADF) or dark atoms on a bright background (ABF), background counts, read noise, scan-line offsets, row jitter,
 detector gain and offset (and clipping at 0, as an unsigned detector without offset does).
@@ -31,7 +32,7 @@ from noise2atom.resample import to_model_sampling
 from noise2atom.scaling import estimate_scaling, zoom_up_order
 from noise2atom.stem_sim import ONE_ATOM, Basis, StemSimulator
 
-__all__ = ["BASIS_FRACTION", "PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
+__all__ = ["BASIS_FRACTION", "HEXAGONAL_FRACTION", "PEAK_COUNTS", "MixtureSettings", "MixtureSeries", "draw_settings", "simulate_mixture_series"]
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,19 @@ class MixtureSettings:
     # carry spatially correlated noise, which the network must know.
     zoom: float = 1.0
     basis: Basis = ONE_ATOM  # the columns of one cell (noise2atom.stem_sim.StemSimulator)
+    lattice: str = "square"  # or "hexagonal" (noise2atom.stem_sim.StemSimulator)
 
     @property
     def spacing_px(self) -> float:
         """The distance between the nearest columns (the pitch n2a's resampling reads)."""
-        return self.pitch_px / _cell_per_spacing(self.basis)
+        return self.pitch_px / _cell_per_spacing(self.lattice, self.basis)
 
 
 PEAK_COUNTS = (0.05, 2_000.0)  # counts at a full atom's peak (log-uniform)
-BASIS_FRACTION = 0.25  # series whose crystal cell holds columns of unequal brightness
+BASIS_FRACTION = 0.25  # of the square lattices: a cell of columns of unequal brightness
+# Series on a hexagonal lattice (half of them honeycombs). 30 % cost the square crystals
+# (models/README.md); 15 % did not.
+HEXAGONAL_FRACTION = 0.15
 # Probe blur over the nearest columns' distance. Down to 0.06: zoomed to n2a's column width
 # (noise2atom.scaling.MODEL_SIGMA_PX), abTEM's SrTiO3 and CeO2 have sigma ~1.1 px at a 13-14 px spacing.
 SIGMA_PER_SPACING = (0.06, 0.25)
@@ -81,8 +86,8 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
     """Random acquisition settings spanning the microscopes the bundled model should cover."""
     pitch = _log_uniform(rng, 4.0, 30.0)  # spacing of the nearest columns
     peak = _log_uniform(rng, *PEAK_COUNTS)
-    basis = _draw_basis(rng)
-    cell = pitch * _cell_per_spacing(basis)
+    lattice, basis = _draw_cell(rng)
+    cell = pitch * _cell_per_spacing(lattice, basis)
     contrast = "abf" if rng.random() < 0.3 else "haadf"
     offset_kind = rng.integers(4)
     offset = [0.0, rng.uniform(10, 500), rng.uniform(1_000, 20_000), -rng.uniform(10, 2_000)][offset_kind]
@@ -105,26 +110,36 @@ def draw_settings(rng: np.random.Generator) -> MixtureSettings:
         seed=int(rng.integers(2**31)),
         zoom=_draw_zoom(rng, pitch),
         basis=basis,
+        lattice=lattice,
     )
 
 
-def _cell_per_spacing(basis: Basis) -> float:
-    """A cell's side over its nearest-column distance, for the cells :func:`_draw_basis` draws:
-    corners alone 1, corners and centre sqrt 2, with edge columns too 2."""
+def _cell_per_spacing(lattice: str, basis: Basis) -> float:
+    """A cell's side over its nearest-column distance, for the cells :func:`_draw_cell` draws:
+    square with corners alone 1, corners and centre sqrt 2, with edge columns too 2; hexagonal
+    with one column 1, a honeycomb sqrt 3."""
+    if lattice == "hexagonal":
+        return 1.0 if len(basis) == 1 else float(np.sqrt(3))
     return {1: 1.0, 2: float(np.sqrt(2)), 4: 2.0}[len(basis)]
 
 
-def _draw_basis(rng: np.random.Generator) -> Basis:
-    """One atom per cell, or (``BASIS_FRACTION``) a perovskite-like cell: a full corner column, a
-    centre column at 0.3-0.9 of it and, in most, faint edge columns at 0.05-0.5. Dim columns then
-    sit where a crystal puts them, rather than anywhere the noise suggests."""
+def _draw_cell(rng: np.random.Generator) -> tuple[str, Basis]:
+    """``(lattice, basis)``. ``HEXAGONAL_FRACTION``: a hexagonal lattice, of one column per cell or
+    a honeycomb whose second column is 0.3-1 of the first. Else a square lattice of one atom per
+    cell, or (``BASIS_FRACTION``) a perovskite-like cell: a full corner column, a centre column at
+    0.3-0.9 of it and, in most, faint edge columns at 0.05-0.5. Dim columns then sit where a
+    crystal puts them, rather than anywhere the noise suggests."""
+    if rng.random() < HEXAGONAL_FRACTION:
+        if rng.random() < 0.5:
+            return "hexagonal", ONE_ATOM
+        return "hexagonal", ((0.0, 0.0, 1.0), (1 / 3, 1 / 3, float(rng.uniform(0.3, 1.0))))
     if rng.random() >= BASIS_FRACTION:
-        return ONE_ATOM
+        return "square", ONE_ATOM
     cell = [(0.0, 0.0, 1.0), (0.5, 0.5, float(rng.uniform(0.3, 0.9)))]
     if rng.random() < 0.7:
         edge = float(rng.uniform(0.05, 0.5))
         cell += [(0.5, 0.0, edge), (0.0, 0.5, edge)]
-    return tuple(cell)
+    return "square", tuple(cell)
 
 
 def _draw_zoom(rng: np.random.Generator, pitch: float) -> float:
@@ -175,7 +190,7 @@ def simulate_mixture_series(rng: np.random.Generator, *, size: int = 192, n_fram
     sim = StemSimulator(shape=(rec, rec), scene=s.scene, pitch_px=s.pitch_px / s.zoom,
                         sigma_px=max(0.35, s.sigma_px / s.zoom),
                         rotation_deg=s.rotation_deg, drift_px_per_frame=0.3, scan_jitter_px=0.0,
-                        site_brightness=(s.brightness_lo, 1.0), basis=s.basis, seed=s.seed)
+                        site_brightness=(s.brightness_lo, 1.0), basis=s.basis, lattice=s.lattice, seed=s.seed)
     clean = np.stack([sim.frame(t).clean for t in range(n_frames)]).astype(np.float32)
     if s.contrast == "haadf":
         lam = s.background_counts + s.peak_counts * clean
@@ -237,7 +252,8 @@ class MixtureData:
             sources=self.sources,
             meta={"simulator": "noise2atom.mixture", "scaling": "estimate_scaling per series (0.1/99.9 percentiles)",
                   "peak_counts": list(PEAK_COUNTS), "site_brightness": [0.1, 1.0], "pitch_px": [4.0, 30.0],
-                  "basis": f"{BASIS_FRACTION:.0%} perovskite-like cells, columns 0.05-1", "contrast": ["haadf", "abf"],
+                  "basis": f"{BASIS_FRACTION:.0%} perovskite-like cells, columns 0.05-1",
+                  "lattice": f"{HEXAGONAL_FRACTION:.0%} hexagonal (half honeycombs, second column 0.3-1)", "contrast": ["haadf", "abf"],
                   "scenes": ["crystal", "nanoparticle", "mixed", "film"], "gain": [0.5, 2000.0],
                   "offset": [-2000.0, 20000.0]})
 

@@ -27,9 +27,13 @@ def test_settings_span_the_promised_ranges():
     assert sharp.min() < 0.07 and 0.2 < sharp.max() <= 0.25  # sharp columns too, as abTEM's zoomed
     assert {d.contrast for d in draws} == {"haadf", "abf"}
     assert {d.scene for d in draws} == {"crystal", "nanoparticle", "mixed", "film"}
-    with_basis = np.array([len(d.basis) > 1 for d in draws])
+    hexagonal = np.array([d.lattice == "hexagonal" for d in draws])
+    assert 0.09 < hexagonal.mean() < 0.21  # HEXAGONAL_FRACTION
+    assert {len(d.basis) for d in draws if d.lattice == "hexagonal"} == {1, 2}  # one column, or a honeycomb
+    square = [d for d in draws if d.lattice == "square"]
+    with_basis = np.array([len(d.basis) > 1 for d in square])
     assert 0.18 < with_basis.mean() < 0.32  # BASIS_FRACTION
-    dims = [b for d in draws for _, _, b in d.basis[1:]]
+    dims = [b for d in square for _, _, b in d.basis[1:]]
     assert 0.05 <= min(dims) < 0.1 and max(dims) <= 0.9
     assert min(d.offset for d in draws) < 0 < max(d.offset for d in draws)
     zooms = np.array([d.zoom for d in draws])
@@ -125,3 +129,20 @@ def test_a_series_with_a_basis_has_dim_columns_between_the_bright_ones():
     edge, centre = s.basis[2][2], s.basis[1][2]
     assert np.sum(peaks < (edge + 0.05) * peaks.max()) > 0.4 * len(peaks)  # half the columns are the faint edges
     assert np.any(np.abs(peaks / peaks.max() - centre) < 0.1)
+
+
+def test_a_honeycomb_series_is_the_simulators_own_with_columns_a_spacing_apart():
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    s = next(d for d in (draw_settings(rng) for _ in range(200)) if d.lattice == "hexagonal" and len(d.basis) == 2)
+    s = dataclasses.replace(s, scene="film", peak_counts=2_000.0, background_counts=0.0, zoom=1.0,
+                            pitch_px=14.0, sigma_px=1.0, contrast="haadf")
+    series = simulate_mixture_series(np.random.default_rng(0), size=96, n_frames=1, settings=s)
+    sim = StemSimulator(shape=(96, 96), scene="film", pitch_px=14.0, sigma_px=1.0, rotation_deg=s.rotation_deg,
+                        drift_px_per_frame=0.3, site_brightness=(s.brightness_lo, 1.0), basis=s.basis,
+                        lattice="hexagonal", seed=s.seed)
+    assert np.array_equal(sim.frame(0).clean, series.clean[0])
+    pos = sim.frame(0).positions
+    nearest = cKDTree(pos).query(pos, k=2)[0][:, 1]
+    assert np.median(nearest) == pytest.approx(s.spacing_px, rel=0.02)  # 14 / sqrt 3
