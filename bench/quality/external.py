@@ -124,10 +124,12 @@ class ModelDenoiser:
             self._engine.__exit__(*exc)
             self._engine = None
 
-    def for_series(self, frames: np.ndarray):
+    def for_series(self, frames: np.ndarray, *, ensemble: bool = False):
         """The bundled model as ``n2a-denoise`` runs it on a file: scaling from the frames, and
         the file's zoom (``noise2atom.scaling.series_zoom``: columns to the model's width) fixed
-        for all of them."""
+        for all of them; with ``ensemble``, as ``n2a-denoise --ensemble`` (each engine call
+        averaged over the frame's orientations, ``noise2atom.ensemble``)."""
+        from noise2atom.ensemble import self_ensemble
         from noise2atom.scaling import denoise_resampled, series_zoom, zoom_up_order
 
         scaling = estimate_scaling(frames)
@@ -136,7 +138,7 @@ class ModelDenoiser:
         up_order = zoom_up_order(scaling.to_model(np.asarray(frames[0])))
 
         def infer(x: np.ndarray) -> np.ndarray:
-            return engine.infer(x[None])[0]
+            return self_ensemble(engine.infer, x[None])[0] if ensemble else engine.infer(x[None])[0]
 
         def f(frame: np.ndarray) -> np.ndarray:
             x = scaling.to_model(np.asarray(frame))
@@ -225,6 +227,7 @@ def run_series(s: Series, *, model: ModelDenoiser | None, fitted: Path | None = 
         rows["anscombe_bm3d"].update(gain=gain, offset=offset)
     if model is not None:
         add("n2a_bundled", model.for_series(frames if scaling_frames is None else scaling_frames))
+        add("n2a_ensemble", model.for_series(frames if scaling_frames is None else scaling_frames, ensemble=True))
     if fitted is not None:
         with ModelDenoiser(fitted, resample=False) as m:
             add("n2a_fitted", m.for_series(frames if scaling_frames is None else scaling_frames))

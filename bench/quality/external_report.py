@@ -18,6 +18,7 @@ LABELS = {
     "bm3d": "BM3D (σ from the data)",
     "anscombe_bm3d": "Anscombe + BM3D",
     "n2a_bundled": "n2a bundled model, no training on the data",
+    "n2a_ensemble": "n2a bundled model, self-ensemble of 8 (`n2a-denoise --ensemble`)",
     "n2a_fitted": "n2a fitted on the series (blindspot)",
 }
 BASELINES = ("gaussian", "bm3d", "anscombe_bm3d")
@@ -34,12 +35,14 @@ def _table(doses: dict, metric: str, digits: int) -> list[str]:
     for k in keys:
         out.append(f"| {LABELS[k]} | " + " | ".join(_fmt(doses[c].get(k, {}).get(metric), digits)
                                                   for c in cols) + " |")
-    if "n2a_bundled" in keys:
+    for key, label in (("n2a_bundled", "bundled"), ("n2a_ensemble", "self-ensemble")):
+        if key not in keys:
+            continue
         diff = []
         for c in cols:
             base = [doses[c][b][metric] for b in BASELINES if b in doses[c] and not math.isnan(doses[c][b][metric])]
-            diff.append(_fmt(doses[c]["n2a_bundled"][metric] - max(base), digits) if base else "–")
-        out.append("| **bundled − best of Gaussian/BM3D/Anscombe+BM3D** | " + " | ".join(diff) + " |")
+            diff.append(_fmt(doses[c][key][metric] - max(base), digits) if base and key in doses[c] else "–")
+        out.append(f"| **{label} − best of Gaussian/BM3D/Anscombe+BM3D** | " + " | ".join(diff) + " |")
     return out
 
 

@@ -4,7 +4,7 @@
 
     n2a-denoise INPUT... [--model MODEL] --out OUT [--engine auto|pytorch|onnxruntime|tensorrt]
                 [--device cpu|cuda[:N]] [--precision fp32|fp16|bf16] [--threads N]
-                [--batch N] [--units display|raw] [--no-resample] [--overwrite]
+                [--batch N] [--units display|raw] [--no-resample] [--ensemble] [--overwrite]
 
 The engine settings are an `engines.EngineConfig` (same defaults as ``n2a-stream`` and the plan
 builder); the one used goes into each output's metadata (``n2a.engine_config``).
@@ -20,6 +20,10 @@ zoomed back to its own shape; the zoom is in the summary line and the metadata (
 1.0 where no lattice is trusted, None with ``--no-resample`` or ``--fit``, whose model is fitted to
 the file at its own sampling). One input: ``OUT`` is the output file. Several inputs: ``OUT`` is
 a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
+
+``--ensemble`` runs the model on the 8 flips and rotations of each frame (4 flips of a
+non-square one) and averages them back (:mod:`noise2atom.ensemble`): a little closer to the truth,
+for 8 (4) times the engine time; ``n2a.ensemble`` in the metadata says how many.
 
 Every frame goes through the fidelity guard (:mod:`noise2atom.guard`): clipped input, flat output,
 structure in the residual, input out of the model's training range. Any flag is reported in the
@@ -72,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resample", dest="resample", action="store_false",
                    help="denoise at the file's own sampling (default: zoom each file so its atom "
                         "columns' estimated width suits the model, denoise, zoom back)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="average the model over the 8 flips and rotations of each frame (4 flips when "
+                        "it is not square): +0.002-0.014 SSIM on abTEM crystals, 8x (4x) the engine time")
     p.add_argument("--fit", action="store_true",
                    help="first fine-tune the model on the inputs themselves (self-supervised "
                         "blind-spot loss; a held-back stripe of rows scores it), then denoise")
@@ -110,10 +117,15 @@ def _check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, batch:
 
 
 def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
-                  pitches=None) -> tuple[np.ndarray, list[list[str]]]:
+                  pitches=None, ensemble: bool = False) -> tuple[np.ndarray, list[list[str]]]:
     """Denoise a stack (zoomed by ``pitches`` for :func:`noise2atom.scaling.denoise_resampled`,
-    one frame per engine call, when given); returns the output and each frame's guard flags."""
+    one frame per engine call, when given; each call averaged over the frame's orientations with
+    ``ensemble``); returns the output and each frame's guard flags."""
+    from noise2atom.ensemble import self_ensemble
     from noise2atom.scaling import denoise_resampled, zoom_up_order
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return self_ensemble(engine.infer, x) if ensemble else engine.infer(x)
 
     frames = stack.frames
     up_order = zoom_up_order(norm.to_model(frames[0])) if pitches is not None else 3  # fixed for the file
@@ -122,9 +134,9 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
     for start in range(0, len(frames), batch):
         chunk = np.ascontiguousarray(norm.to_model(frames[start:start + batch]), dtype=np.float32)
         if pitches is None:
-            y = engine.infer(chunk)
+            y = infer(chunk)
         else:
-            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0],
+            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: infer(a[None])[0],
                                             up_order=up_order) for x in chunk])
         display = norm.from_model(y)
         flags.extend(guard.check(raw, den) for raw, den in zip(frames[start:start + len(y)], display))
@@ -148,6 +160,12 @@ def _resample_text(zoom: float | None, args: argparse.Namespace) -> str:
     if zoom is None:
         return "not resampled (--fit)" if args.resample else "not resampled (--no-resample)"
     return f"resampled x{zoom:.3f}" if zoom != 1.0 else "resample x1 (no lattice trusted, or already suited)"
+
+
+def _ensemble_text(stack, args: argparse.Namespace) -> str:
+    from noise2atom.ensemble import ensemble_size
+
+    return f"; self-ensemble of {ensemble_size(stack.frames.shape)}" if args.ensemble else ""
 
 
 def _warning_line(src: Path, flags: list[list[str]]) -> str | None:
@@ -263,6 +281,8 @@ def _open(model: Path, config: EngineConfig):
 def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, training, flags,
               pitches, zoom) -> dict:
     """The ``n2a`` entry of an output's metadata: what made it and how."""
+    from noise2atom.ensemble import ensemble_size
+
     return {
         "source": stack.source,
         "model": info["model"],
@@ -273,6 +293,8 @@ def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, trainin
         # the zoom the frames were denoised at (1.0: their own sampling; None: --no-resample/--fit)
         "resample": zoom,
         "resample_pitch_px": None if pitches is None else {"lattice": pitches[0], "denoised_at": pitches[1]},
+        # orientations averaged per frame (noise2atom.ensemble; 1: the model once)
+        "ensemble": ensemble_size(stack.frames.shape) if args.ensemble else 1,
         "training_normalisation": training.normalisation.model_dump(),
         "flags": sorted({f for frame_flags in flags for f in frame_flags}),
         "flags_per_frame": flags,
@@ -304,7 +326,7 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
               file=sys.stderr) as progress:
         try:
             denoised, flags = _denoise_file(engine, stack, norm, args.batch, args.units, progress, guard,
-                                            pitches)
+                                            pitches, ensemble=args.ensemble)
         except engines.EngineError as e:
             raise _UsageError(f"{src}: {e}") from e
     seconds = time.perf_counter() - t0
@@ -317,7 +339,8 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
     # so hot pixels do not squash the raw sequence's min-max mapping.
     raw_seen = norm.from_model(norm.to_model(stack.frames))
     print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
-          f"{fps:.2f} frames/s; {_resample_text(zoom, args)}; {_css_line(raw_seen, denoised)}")
+          f"{fps:.2f} frames/s; {_resample_text(zoom, args)}{_ensemble_text(stack, args)}; "
+          f"{_css_line(raw_seen, denoised)}")
     warning = _warning_line(src, flags)
     if warning is not None:
         print(warning)

@@ -319,7 +319,8 @@ def test_default_model_path(monkeypatch, tmp_path):
     assert default_model_path() == tmp_path / "mine.safetensors"
 
 
-@pytest.mark.parametrize("module", ["noise2atom.checkpoint", "noise2atom.train_options", "noise2atom.average"])
+@pytest.mark.parametrize("module", ["noise2atom.checkpoint", "noise2atom.train_options", "noise2atom.average",
+                                    "noise2atom.scaling", "noise2atom.ensemble"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
