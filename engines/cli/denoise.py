@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "columns' estimated width suits the model, denoise, zoom back)")
     p.add_argument("--ensemble", action="store_true",
                    help="average the model over the 8 flips and rotations of each frame (4 flips when "
-                        "it is not square): +0.002-0.014 SSIM on abTEM crystals, 8x (4x) the engine time")
+                        "it is not square): +0.001-0.013 SSIM on abTEM crystals, 8x (4x) the engine time")
     p.add_argument("--fit", action="store_true",
                    help="first fine-tune the model on the inputs themselves (self-supervised "
                         "blind-spot loss; a held-back stripe of rows scores it), then denoise")
