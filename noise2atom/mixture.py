@@ -253,7 +253,8 @@ class MixtureData:
             meta={"simulator": "noise2atom.mixture", "scaling": "estimate_scaling per series (0.1/99.9 percentiles)",
                   "peak_counts": list(PEAK_COUNTS), "site_brightness": [0.1, 1.0], "pitch_px": [4.0, 30.0],
                   "basis": f"{BASIS_FRACTION:.0%} perovskite-like cells, columns 0.05-1",
-                  "lattice": f"{HEXAGONAL_FRACTION:.0%} hexagonal (half honeycombs, second column 0.3-1)", "contrast": ["haadf", "abf"],
+                  "lattice": f"{HEXAGONAL_FRACTION:.0%} hexagonal (half honeycombs, second column 0.3-1)",
+                  "contrast": ["haadf", "abf"],
                   "scenes": ["crystal", "nanoparticle", "mixed", "film"], "gain": [0.5, 2000.0],
                   "offset": [-2000.0, 20000.0]})
 

@@ -25,7 +25,8 @@ from noise2atom.checkpoint import Normalisation
 
 __all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_PEAK_RATIO", "MODEL_SIGMA_PX",
            "MIN_RESAMPLED_SIDE", "ZOOM_RANGE",
-           "estimate_scaling", "estimate_pitch", "resample_pitches", "width_unknown_target", "resample_factor", "pitch_resample_factor",
+           "estimate_scaling", "estimate_pitch", "resample_pitches", "width_unknown_target", "resample_factor",
+           "pitch_resample_factor",
            "LOW_COUNTS_SPAN", "applied_zoom", "series_zoom", "zoom_up_order", "denoise_resampled"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
@@ -94,9 +95,8 @@ def width_unknown_target(pitch_px: float) -> float | None:
 
     Only a zoom up: the width fit fails at a few counts on a hexagonal lattice, where of the
     orders of a square lattice that the prior fits only the two first ones, at one distance from
-    the centre, stand above the noise. abTEM GaN [0001] at
-    0.1 counts/px (pitch ~5 px): SSIM 0.34 as it was, 0.43 / 0.48 / 0.52 at a pitch of 9.4 / 10.5
-    / 12; the best baseline 0.55.
+    the centre, stand above the noise. abTEM GaN [0001] at 0.1 counts/px (pitch ~5 px): SSIM 0.34
+    as it was, 0.43 / 0.48 / 0.52 at a pitch of 9.4 / 10.5 / 12; the best baseline 0.55.
 
     >>> width_unknown_target(5.0), width_unknown_target(8.0), width_unknown_target(14.0)
     (10.0, 12.0, None)

@@ -225,12 +225,13 @@ def run_series(s: Series, *, model: ModelDenoiser | None, fitted: Path | None = 
         # counts -> Anscombe -> BM3D with sigma 1 (the stabilised Poisson noise) -> exact unbiased inverse
         add("anscombe_bm3d", Bm3dDenoiser(gain=gain, offset=offset, sigma=1.0))
         rows["anscombe_bm3d"].update(gain=gain, offset=offset)
+    seen = frames if scaling_frames is None else scaling_frames  # what the models' scaling reads
     if model is not None:
-        add("n2a_bundled", model.for_series(frames if scaling_frames is None else scaling_frames))
-        add("n2a_ensemble", model.for_series(frames if scaling_frames is None else scaling_frames, ensemble=True))
+        add("n2a_bundled", model.for_series(seen))
+        add("n2a_ensemble", model.for_series(seen, ensemble=True))
     if fitted is not None:
         with ModelDenoiser(fitted, resample=False) as m:
-            add("n2a_fitted", m.for_series(frames if scaling_frames is None else scaling_frames))
+            add("n2a_fitted", m.for_series(seen))
         rows["n2a_fitted"]["training"] = fit_note
     return rows
 

@@ -162,10 +162,11 @@ def _resample_text(zoom: float | None, args: argparse.Namespace) -> str:
     return f"resampled x{zoom:.3f}" if zoom != 1.0 else "resample x1 (no lattice trusted, or already suited)"
 
 
-def _ensemble_text(stack, args: argparse.Namespace) -> str:
+def _ensemble_count(stack, args: argparse.Namespace) -> int:
+    """Orientations averaged per frame (noise2atom.ensemble); 1: the model once."""
     from noise2atom.ensemble import ensemble_size
 
-    return f"; self-ensemble of {ensemble_size(stack.frames.shape)}" if args.ensemble else ""
+    return ensemble_size(stack.frames.shape) if args.ensemble else 1
 
 
 def _warning_line(src: Path, flags: list[list[str]]) -> str | None:
@@ -281,8 +282,6 @@ def _open(model: Path, config: EngineConfig):
 def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, training, flags,
               pitches, zoom) -> dict:
     """The ``n2a`` entry of an output's metadata: what made it and how."""
-    from noise2atom.ensemble import ensemble_size
-
     return {
         "source": stack.source,
         "model": info["model"],
@@ -293,8 +292,7 @@ def _n2a_meta(stack, info: dict, engine, args: argparse.Namespace, norm, trainin
         # the zoom the frames were denoised at (1.0: their own sampling; None: --no-resample/--fit)
         "resample": zoom,
         "resample_pitch_px": None if pitches is None else {"lattice": pitches[0], "denoised_at": pitches[1]},
-        # orientations averaged per frame (noise2atom.ensemble; 1: the model once)
-        "ensemble": ensemble_size(stack.frames.shape) if args.ensemble else 1,
+        "ensemble": _ensemble_count(stack, args),
         "training_normalisation": training.normalisation.model_dump(),
         "flags": sorted({f for frame_flags in flags for f in frame_flags}),
         "flags_per_frame": flags,
@@ -338,8 +336,9 @@ def _denoise_one(engine, info: dict, training, src: Path, dst: Path, args: argpa
     # Raw CSS on the frames as the model sees them (clipped to the file's scaling limits),
     # so hot pixels do not squash the raw sequence's min-max mapping.
     raw_seen = norm.from_model(norm.to_model(stack.frames))
+    n = _ensemble_count(stack, args)
     print(f"{src} -> {dst}: {len(denoised)} frames {denoised.shape[1]}x{denoised.shape[2]}, "
-          f"{fps:.2f} frames/s; {_resample_text(zoom, args)}{_ensemble_text(stack, args)}; "
+          f"{fps:.2f} frames/s; {_resample_text(zoom, args)}{f'; self-ensemble of {n}' if n > 1 else ''}; "
           f"{_css_line(raw_seen, denoised)}")
     warning = _warning_line(src, flags)
     if warning is not None:
