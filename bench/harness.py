@@ -55,15 +55,15 @@ def random_checkpoint(path: Path, size: str, *, frames: np.ndarray | None = None
 
 
 def timing_model(folder: Path, size: str = "lite") -> tuple[Path, str]:
-    """The bundled model if it is a ``size`` generator (``lite`` and ``lite-residual`` count as one:
-    the same convolutions, plus one add), else a random-initialised one in ``folder`` (the same
+    """The bundled model if it is a ``size`` generator (``lite``, ``lite-residual`` and
+    ``lite-dilated`` count as one: the same convolutions, plus one add, some dilated), else a random-initialised one in ``folder`` (the same
     compute); returns (checkpoint, a note for the report)."""
     from noise2atom.checkpoint import default_model_path, load_checkpoint
     from noise2atom.stem_sim import StemSimulator
 
     bundled = default_model_path()
     have = load_checkpoint(bundled).config.size if bundled.is_file() else None
-    if have is not None and (have == size or {have, size} <= {"lite", "lite-residual"}):
+    if have is not None and (have == size or {have, size} <= {"lite", "lite-residual", "lite-dilated"}):
         return bundled, f"bundled ({bundled.name})"
     sim = StemSimulator(shape=(128, 128), seed=0)
     frames = np.stack([sim.frame(t).noisy for t in range(4)])

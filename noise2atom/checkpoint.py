@@ -167,7 +167,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[2] = CONFIG_VERSION
-    size: Literal["paper", "lite", "lite-residual"] = Field(description="generator architecture")
+    size: Literal["paper", "lite", "lite-residual", "lite-dilated"] = Field(description="generator architecture")
     method: Literal["noise2atom", "blindspot", "hybrid", "supervised"] = Field(description="training method")
     normalisation: Normalisation
     prior: TargetPrior | None = Field(

@@ -27,7 +27,7 @@ class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "blindspot"
-    size: Literal["paper", "lite", "lite-residual"] = "lite"
+    size: Literal["paper", "lite", "lite-residual", "lite-dilated"] = "lite"
     iterations: int | None = Field(default=None, ge=1, description="total iterations to reach")
     minutes: float | None = Field(default=None, gt=0, description="wall-clock budget of this run")
     patch: int = Field(default=64, ge=16)

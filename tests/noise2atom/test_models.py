@@ -139,6 +139,26 @@ def test_lite_residual_starts_as_the_identity_and_learns_a_correction():
     assert count_parameters(g) == count_parameters(build_generator("lite"))
 
 
+def _receptive_field(g: torch.nn.Module, side: int = 160) -> int:
+    """Rows of the input the centre output pixel depends on (the extent of its gradient)."""
+    torch.manual_seed(0)
+    torch.nn.init.normal_(g.out.weight, std=0.1)  # the residual head starts at zero: open it
+    x = torch.zeros(1, 1, side, side, requires_grad=True)
+    g(x)[0, 0, side // 2, side // 2].backward()
+    rows = (x.grad[0, 0].abs() > 0).any(dim=1).nonzero()[:, 0]
+    assert torch.equal(rows, torch.arange(int(rows[0]), int(rows[-1]) + 1))  # no row skipped
+    return int(rows[-1] - rows[0] + 1)
+
+
+def test_lite_dilated_sees_further_at_the_same_cost():
+    # Dilations 2 and 3 at the U-Net's bottom widen the field an output pixel draws on, with no
+    # offset skipped inside it, for the same weights and multiply-adds.
+    plain, dilated = build_generator("lite-residual"), build_generator("lite-dilated")
+    assert (_receptive_field(plain), _receptive_field(dilated)) == (35, 59)
+    assert count_parameters(dilated) == count_parameters(plain)
+    assert macs_per_pixel(dilated) == macs_per_pixel(plain)
+
+
 def test_unknown_generator_size_names_the_choices():
-    with pytest.raises(ValueError, match=r"'paper', 'lite' or 'lite-residual' \(got 'huge'\)"):
+    with pytest.raises(ValueError, match=r"'paper', 'lite', 'lite-residual' or 'lite-dilated' \(got 'huge'\)"):
         build_generator("huge")
