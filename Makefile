@@ -62,7 +62,7 @@ gpu-check-plan:
 # machine does the same training.
 MODEL_RUN := build/model/run.safetensors
 MODEL_TRAIN := nice -n 10 $(BIN)/n2a-train --mixture --sim-size 192 --mixture-series 160 --method supervised \
-	--model lite-residual --seed 0 --threads 2 --ema 0.999 --checkpoint-every 1000 --keep-checkpoints \
+	--model lite-dilated --seed 0 --threads 2 --ema 0.999 --checkpoint-every 1000 --keep-checkpoints \
 	--preview-every 1000 --quiet --out $(MODEL_RUN)
 model: $(BIN)/.installed
 	mkdir -p build/model

@@ -180,7 +180,7 @@ def test_bundled_default_model_loads():
     assert _stored_config(path)["version"] == 2  # version 1 files: test_version1_checkpoint_loads...
     config, generator = load_generator(path)
     assert config.version == 2 and config.method == "supervised" and config.prior is None
-    assert config.size == "lite-residual" and config.data.meta["simulator"] == "noise2atom.mixture"
+    assert config.size == "lite-dilated" and config.data.meta["simulator"] == "noise2atom.mixture"
     assert config.train.method == "supervised" and config.train.bs_loss_used == "mse"
     with torch.no_grad():
         assert generator(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
