@@ -6,7 +6,7 @@ are mapped as follows: ``TC(k, s)`` is ``ConvTranspose2d`` with padding 0 ("vali
 ``C(k, s)`` is ``Conv2d`` with padding 0, and the repository's
 ``InstanceNormalization(axis=None)`` is :class:`ScalarLayerNorm`.
 
-Two generator sizes share one interface (:func:`build_generator`):
+Four generator sizes share one interface (:func:`build_generator`):
 
 ``paper``
     The authors' released generator (13.78 M parameters, ~0.8 M multiply-adds
