@@ -56,8 +56,8 @@ def random_checkpoint(path: Path, size: str, *, frames: np.ndarray | None = None
 
 def timing_model(folder: Path, size: str = "lite") -> tuple[Path, str]:
     """The bundled model if it is a ``size`` generator (``lite``, ``lite-residual`` and
-    ``lite-dilated`` count as one: the same convolutions, plus one add, some dilated), else a random-initialised one in ``folder`` (the same
-    compute); returns (checkpoint, a note for the report)."""
+    ``lite-dilated`` count as one: the same convolutions, plus one add, some dilated), else a
+    random-initialised one in ``folder`` (the same compute); returns (checkpoint, a note for the report)."""
     from noise2atom.checkpoint import default_model_path, load_checkpoint
     from noise2atom.stem_sim import StemSimulator
 

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from noise2atom.files import atomic_write, file_sha256
 from noise2atom.models import build_generator
 from noise2atom.target_sim import TargetPrior
-from noise2atom.train_options import TrainRecord
+from noise2atom.train_options import GeneratorSize, TrainRecord
 
 __all__ = [
     "CheckpointError",
@@ -167,7 +167,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[2] = CONFIG_VERSION
-    size: Literal["paper", "lite", "lite-residual", "lite-dilated"] = Field(description="generator architecture")
+    size: GeneratorSize = Field(description="generator architecture")
     method: Literal["noise2atom", "blindspot", "hybrid", "supervised"] = Field(description="training method")
     normalisation: Normalisation
     prior: TargetPrior | None = Field(

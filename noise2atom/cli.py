@@ -19,9 +19,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 from noise2atom.stem_sim import SCENES
+from noise2atom.train_options import GeneratorSize
 
 __all__ = ["main", "build_parser"]
 
@@ -48,7 +49,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["noise2atom", "blindspot", "hybrid", "supervised"],
                    default="blindspot", help="training method (default: blindspot, the winner of our "
                    "quality benchmark; supervised: only with --mixture, which has a truth)")
-    p.add_argument("--model", choices=["paper", "lite", "lite-residual", "lite-dilated"], default="lite", help="generator size (lite-residual: the lite U-Net predicting a correction to its input; the bundled model)")
+    p.add_argument("--model", choices=get_args(GeneratorSize), default="lite",
+                   help="generator size (lite-residual: the lite U-Net predicting a correction to its input; "
+                        "lite-dilated: that with its bottom convolutions dilated, the bundled model)")
     p.add_argument("--iterations", type=int, help="total iterations to reach (also across --resume)")
     p.add_argument("--minutes", type=float, help="wall-clock budget of this run")
     p.add_argument("--patch", type=int, help="patch side (default 128 for noise2atom/hybrid as the "

@@ -57,9 +57,10 @@ def self_ensemble(infer: Callable[[np.ndarray], np.ndarray], frames: np.ndarray)
     total = np.zeros(x.shape, np.float64)
     n = 0
     for forward, inverse in _orientations(x.shape[-1] == x.shape[-2]):
-        y = np.asarray(infer(np.ascontiguousarray(forward(x))))
-        if y.shape != forward(x).shape:
-            raise ValueError(f"infer changed the shape of its input (got {y.shape}, expected {forward(x).shape})")
+        turned = np.ascontiguousarray(forward(x))
+        y = np.asarray(infer(turned))
+        if y.shape != turned.shape:
+            raise ValueError(f"infer changed the shape of its input (got {y.shape}, expected {turned.shape})")
         total += inverse(y)
         n += 1
     return (total / n).astype(np.float32)

@@ -33,11 +33,13 @@ the graph stays correct when exported to ONNX with dynamic batch, height and wid
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from noise2atom.train_options import GeneratorSize
 
 __all__ = [
     "ScalarLayerNorm",
@@ -58,7 +60,6 @@ __all__ = [
     "MIN_SIDE",
 ]
 
-GeneratorSize = Literal["paper", "lite", "lite-residual", "lite-dilated"]
 
 #: Smallest input side the generators accept. Reflect padding needs ``pad < side``
 #: and the pad is at most 7 (up to the next multiple of 8), so sides >= 5 work

@@ -16,9 +16,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Method", "TrainOptions", "TrainRecord"]
+__all__ = ["GeneratorSize", "Method", "TrainOptions", "TrainRecord"]
 
 Method = Literal["noise2atom", "blindspot", "hybrid", "supervised"]
+#: The generator architectures (:func:`noise2atom.models.build_generator`); named here, without torch,
+#: so that the options, the checkpoint and the CLI read one list.
+GeneratorSize = Literal["paper", "lite", "lite-residual", "lite-dilated"]
 
 
 class TrainOptions(BaseModel):
@@ -27,7 +30,7 @@ class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "blindspot"
-    size: Literal["paper", "lite", "lite-residual", "lite-dilated"] = "lite"
+    size: GeneratorSize = "lite"
     iterations: int | None = Field(default=None, ge=1, description="total iterations to reach")
     minutes: float | None = Field(default=None, gt=0, description="wall-clock budget of this run")
     patch: int = Field(default=64, ge=16)
