@@ -1,0 +1,137 @@
+"""Average a denoised frame over its own lattice's translations: the non-local step a network lacks.
+
+A crystal repeats. The same column recurs one lattice vector away, with its own independent noise.
+The network sees about 59 px around each pixel and cannot average over those repeats. BM3D's
+block matching does, and that is where it beat the bundled model on perfect crystals at 0.5-2
+counts/px: with a 19-px search window instead of its 39, BM3D falls below the model
+(``bench/results/quality-external.md``).
+
+This module finds the translations in the denoised frame's own autocorrelation
+(:func:`lattice_offsets`, once per series). :func:`lattice_average` then averages each pixel with
+its translated copies, weighted by how alike their neighbourhoods are, and damps every change
+larger than about the noise. A vacancy or an adatom differs from its copies by more than the
+noise, so it is left as the network drew it; a frame without a lattice has no translations and
+is returned unchanged. It is opt-in (``n2a-denoise --lattice-average``): it assumes that what
+repeats is the specimen.
+
+>>> import numpy as np
+>>> y, x = np.mgrid[:64, :64]
+>>> lattice = np.cos(2 * np.pi * x / 8) + np.cos(2 * np.pi * y / 8)
+>>> sorted(map(tuple, np.round(lattice_offsets(lattice)).astype(int).tolist()))
+[(-8, -8), (-8, 0), (-8, 8), (0, -8), (0, 8), (8, -8), (8, 0), (8, 8)]
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["lattice_average", "lattice_offsets"]
+
+MAX_OFFSETS = 8  # the strongest translations, in +/- pairs: the nearest lattice vectors
+MIN_CORRELATION = 0.3  # autocorrelation (1 at no shift) a translation must reach to be a lattice's
+MIN_SHIFT_PX = 3.0  # below this, a peak is the column's own width, not a repeat
+MAX_SHIFT_FRACTION = 0.4  # of the shorter side: further out, too little of the frame overlaps
+BOX_PX = 5  # neighbourhood compared between a pixel and its copy
+MEDIAN_WEIGHT = 2.0  # copies as unlike as the median copy get weight exp(-1/2) ...
+NOISE_WEIGHT = 3.0  # ... unless that is more than 3 noise variances (high doses: only near-equal copies)
+GATE = 1.0  # changes of one noise sigma are damped by exp(-1); a missing column's change is far larger
+
+
+def _checked_frame(a: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or min(a.shape) < 8:
+        raise ValueError(f"{name} must be one (H, W) frame of at least 8x8 pixels (got shape {a.shape})")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} has NaN or infinite pixels")
+    return a.astype(np.float32, copy=False)
+
+
+def _subpixel(c: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """Parabolic refinement of the peak of ``c`` at (i, j) along each axis."""
+    def vertex(m: float, p0: float, p: float) -> float:
+        den = m - 2 * p0 + p
+        return 0.0 if den == 0 else float(np.clip(0.5 * (m - p) / den, -0.5, 0.5))
+    dy = vertex(c[i - 1, j], c[i, j], c[i + 1, j]) if 0 < i < c.shape[0] - 1 else 0.0
+    dx = vertex(c[i, j - 1], c[i, j], c[i, j + 1]) if 0 < j < c.shape[1] - 1 else 0.0
+    return dy, dx
+
+
+def lattice_offsets(frame: np.ndarray, *, max_offsets: int = MAX_OFFSETS,
+                    min_correlation: float = MIN_CORRELATION) -> np.ndarray:
+    """The translations (dy, dx) in px under which ``frame`` repeats, strongest first.
+
+    Peaks of the frame's circular autocorrelation (zero mean, normalised to 1 at no shift) that
+    reach ``min_correlation``, between :data:`MIN_SHIFT_PX` and :data:`MAX_SHIFT_FRACTION` of the
+    shorter side, refined to sub-pixel. Read it from a denoised frame: on a raw low-dose frame the
+    noise flattens the peaks. Returns a (K, 2) float array; K = 0 where nothing repeats.
+    """
+    a = _checked_frame(frame, "frame").astype(np.float64)
+    a = a - a.mean()
+    power = np.abs(np.fft.fft2(a)) ** 2
+    if power.sum() <= 0:
+        return np.zeros((0, 2))
+    c = np.fft.fftshift(np.fft.ifft2(power).real)
+    cy, cx = c.shape[0] // 2, c.shape[1] // 2
+    c /= c[cy, cx]
+    peaks = (c == ndimage.maximum_filter(c, size=5)) & (c >= min_correlation)
+    iy, ix = np.nonzero(peaks)
+    r = np.hypot(iy - cy, ix - cx)
+    keep = (r >= MIN_SHIFT_PX) & (r < MAX_SHIFT_FRACTION * min(c.shape))
+    iy, ix = iy[keep], ix[keep]
+    # strongest first; on an exactly periodic frame all repeats tie, and the nearest go first
+    order = np.lexsort((np.hypot(iy - cy, ix - cx), -np.round(c[iy, ix], 2)))[:max_offsets]
+    out = [(iy[k] - cy + d[0], ix[k] - cx + d[1]) for k in order for d in [_subpixel(c, iy[k], ix[k])]]
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _shifted(a: np.ndarray, dy: float, dx: float) -> tuple[np.ndarray, np.ndarray]:
+    """``a(y + dy, x + dx)`` by bilinear interpolation (edges held), and where that point lies
+    inside the frame."""
+    h, w = a.shape
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = np.float32(dy - iy), np.float32(dx - ix)
+    ry, rx = np.arange(h) + iy, np.arange(w) + ix
+    y0, y1 = np.clip(ry, 0, h - 1), np.clip(ry + 1, 0, h - 1)
+    x0, x1 = np.clip(rx, 0, w - 1), np.clip(rx + 1, 0, w - 1)
+    top, bottom = a[y0], a[y1]
+    s = (1 - fy) * ((1 - fx) * top[:, x0] + fx * top[:, x1]) + fy * ((1 - fx) * bottom[:, x0] + fx * bottom[:, x1])
+    inside = ((ry + fy >= 0) & (ry + fy <= h - 1))[:, None] & ((rx + fx >= 0) & (rx + fx <= w - 1))[None, :]
+    return s, inside
+
+
+def noise_sigma(raw: np.ndarray, denoised: np.ndarray) -> float:
+    """The noise's standard deviation, read robustly (MAD) from the residual ``raw - denoised``."""
+    r = np.asarray(raw, dtype=np.float32) - np.asarray(denoised, dtype=np.float32)
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``denoised`` averaged with its copies translated by ``offsets`` (from :func:`lattice_offsets`).
+
+    Both frames in the same units (any: the weights read the noise from ``raw - denoised``). Each
+    copy's weight is ``exp(-d / h2)``: ``d`` the mean squared difference over a
+    :data:`BOX_PX`-square neighbourhood, ``h2`` the smaller of :data:`MEDIAN_WEIGHT` times the
+    median ``d`` and :data:`NOISE_WEIGHT` noise variances; copies that fall outside the frame
+    weigh nothing. The change ``c`` to each pixel is then damped by ``exp(-(c / (GATE sigma))^2)``,
+    so only changes of the order of the noise go through. Returns float32, ``denoised``'s shape.
+    """
+    o = _checked_frame(denoised, "denoised")
+    x = _checked_frame(raw, "raw")
+    if o.shape != x.shape:
+        raise ValueError(f"denoised and raw must have the same shape (got {o.shape} and {x.shape})")
+    offsets = np.asarray(offsets, dtype=np.float64)
+    if offsets.ndim != 2 or offsets.shape[1] != 2:
+        raise ValueError(f"offsets must be a (K, 2) array of (dy, dx) (got shape {offsets.shape})")
+    sigma = noise_sigma(x, o)
+    if len(offsets) == 0 or sigma <= 0:
+        return o.copy()
+    copies = [_shifted(o, dy, dx) for dy, dx in offsets]
+    dists = [ndimage.uniform_filter((s - o) ** 2, BOX_PX, mode="nearest") for s, _ in copies]
+    h2 = min(MEDIAN_WEIGHT * float(np.median(np.stack(dists))), NOISE_WEIGHT * sigma ** 2) + 1e-12
+    total, weight = o.copy(), np.ones_like(o)
+    for (s, inside), d in zip(copies, dists):
+        w = np.exp(-d / np.float32(h2)) * inside
+        total += w * s
+        weight += w
+    change = total / weight - o
+    return (o + change * np.exp(-(change / np.float32(GATE * sigma)) ** 2)).astype(np.float32)

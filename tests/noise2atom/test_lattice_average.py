@@ -1,0 +1,111 @@
+"""noise2atom.lattice_average: the translations are the lattice's, a perfect crystal gets closer to its
+truth, and what does not repeat (a vacancy, an amorphous frame) is left as it was."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from noise2atom.lattice_average import lattice_average, lattice_offsets
+from noise2atom.stem_sim import StemSimulator
+
+
+def _columns(shape=(128, 128), pitch=9.0, angle_deg=11.0, sigma=1.3, missing=()):
+    """Gaussian columns on a rotated square lattice (peak 1); ``missing``: (i, j) cells left empty."""
+    a = pitch * np.array([np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))])
+    b = np.array([-a[1], a[0]])
+    y, x = np.mgrid[:shape[0], :shape[1]].astype(np.float64)
+    img = np.zeros(shape)
+    n = int(max(shape) / pitch) + 3
+    for i in range(-n, 2 * n):
+        for j in range(-n, 2 * n):
+            if (i, j) in missing:
+                continue
+            cx, cy = i * a + j * b
+            if -5 < cx < shape[1] + 5 and -5 < cy < shape[0] + 5:
+                img += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
+    return img.astype(np.float32), a, b
+
+
+def _pilot_and_raw(truth, *, pilot_error=0.06, noise=0.5, seed=0):
+    """A stand-in for the network's output (the truth plus a smooth error of its own) and the raw frame."""
+    rng = np.random.default_rng(seed)
+    err = ndimage.gaussian_filter(rng.standard_normal(truth.shape), 1.5)
+    pilot = truth + pilot_error * err / err.std()
+    raw = truth + noise * rng.standard_normal(truth.shape)
+    return pilot.astype(np.float32), raw.astype(np.float32)
+
+
+def test_the_translations_are_the_lattice_vectors():
+    truth, a, b = _columns()
+    offsets = lattice_offsets(truth)
+    assert len(offsets) == 8
+    # (dy, dx) of +-a, +-b (and the diagonals) found to a tenth of a pixel
+    for v in (a, -a, b, -b):
+        assert np.min(np.hypot(*(offsets - v[::-1]).T)) < 0.1, (v, offsets)
+
+
+def test_a_hexagonal_crystal_repeats_at_its_own_spacing():
+    sim = StemSimulator(shape=(128, 128), scene="film", lattice="hexagonal", pitch_px=10.0, sigma_px=1.5,
+                        rotation_deg=7.0, surface_dynamics=False, seed=3)
+    offsets = lattice_offsets(sim.frame(0).clean)
+    lengths = np.hypot(*offsets.T)
+    assert len(offsets) >= 6
+    assert np.allclose(np.sort(lengths)[:6], 10.0, atol=0.3), lengths
+
+
+@pytest.mark.parametrize("frame", [
+    np.random.default_rng(1).standard_normal((96, 96)),  # white noise
+    ndimage.gaussian_filter(np.random.default_rng(2).standard_normal((96, 96)), 2.0),  # amorphous-like
+    np.ones((64, 64)),  # flat
+])
+def test_nothing_repeats_in_noise_or_a_flat_frame(frame):
+    assert lattice_offsets(frame).shape == (0, 2)
+
+
+def test_a_perfect_crystal_gets_closer_to_its_truth():
+    truth, _, _ = _columns()
+    pilot, raw = _pilot_and_raw(truth)
+    out = lattice_average(pilot, raw, lattice_offsets(pilot))
+    inner = np.s_[16:-16, 16:-16]
+    before = np.mean((pilot - truth)[inner] ** 2)
+    after = np.mean((out - truth)[inner] ** 2)
+    assert out.dtype == np.float32 and out.shape == truth.shape
+    assert after < 0.5 * before, (before, after)
+
+
+def test_a_vacancy_is_not_filled():
+    full, a, b = _columns()
+    truth, _, _ = _columns(missing={(6, 2)})
+    cx, cy = 6 * a + 2 * b
+    site = (int(round(cy)), int(round(cx)))
+    assert 20 < site[0] < 108 and 20 < site[1] < 108 and full[site] > 0.9 > 0.1 > truth[site]
+    pilot, raw = _pilot_and_raw(truth)
+    offsets = lattice_offsets(pilot)
+    out = lattice_average(pilot, raw, offsets)
+    # A plain mean over the same translations fills the empty column to most of a full one ...
+    plain = np.mean([ndimage.shift(pilot, -o, order=1, mode="nearest") for o in offsets] + [pilot], axis=0)
+    assert plain[site] > 0.6
+    # ... the weighted, noise-limited average leaves it empty.
+    assert abs(out[site] - pilot[site]) < 0.1 and out[site] < 0.15
+
+
+def test_noise_free_input_is_returned_unchanged():
+    truth, _, _ = _columns(shape=(64, 64))
+    out = lattice_average(truth, truth, lattice_offsets(truth))
+    np.testing.assert_array_equal(out, truth)
+    np.testing.assert_array_equal(lattice_average(truth, truth + 1, np.zeros((0, 2))), truth)
+
+
+def test_bad_input_says_what_was_expected():
+    f = np.zeros((32, 32), np.float32)
+    with pytest.raises(ValueError, match=r"same shape .*\(32, 32\) and \(32, 31\)"):
+        lattice_average(f, f[:, :31], np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"\(K, 2\).*got shape \(3,\)"):
+        lattice_average(f, f, np.zeros(3))
+    with pytest.raises(ValueError, match=r"one \(H, W\) frame.*got shape \(2, 32, 32\)"):
+        lattice_offsets(np.zeros((2, 32, 32)))
+    bad = f.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        lattice_average(f, bad, np.zeros((0, 2)))
