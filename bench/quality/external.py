@@ -124,12 +124,14 @@ class ModelDenoiser:
             self._engine.__exit__(*exc)
             self._engine = None
 
-    def for_series(self, frames: np.ndarray, *, ensemble: bool = False):
+    def for_series(self, frames: np.ndarray, *, ensemble: bool = False, lattice: bool = False):
         """The bundled model as ``n2a-denoise`` runs it on a file: scaling from the frames, and
         the file's zoom (``noise2atom.scaling.series_zoom``: columns to the model's width) fixed
         for all of them; with ``ensemble``, as ``n2a-denoise --ensemble`` (each engine call
-        averaged over the frame's orientations, ``noise2atom.ensemble``)."""
+        averaged over the frame's orientations, ``noise2atom.ensemble``); with ``lattice``, as
+        ``n2a-denoise --lattice-average`` (translations found in the first frame's output)."""
         from noise2atom.ensemble import self_ensemble
+        from noise2atom.lattice_average import lattice_average, lattice_offsets
         from noise2atom.scaling import denoise_resampled, series_zoom, zoom_up_order
 
         scaling = estimate_scaling(frames)
@@ -140,10 +142,16 @@ class ModelDenoiser:
         def infer(x: np.ndarray) -> np.ndarray:
             return self_ensemble(engine.infer, x[None])[0] if ensemble else engine.infer(x[None])[0]
 
-        def f(frame: np.ndarray) -> np.ndarray:
+        def model_units(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             x = scaling.to_model(np.asarray(frame))
-            y = infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
-                                                                   up_order=up_order)
+            return x, infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
+                                                                         up_order=up_order)
+
+        offsets = lattice_offsets(model_units(frames[0])[1]) if lattice else None  # fixed for the series
+
+        def f(frame: np.ndarray) -> np.ndarray:
+            x, y = model_units(frame)
+            y = y if offsets is None else lattice_average(y, x, offsets)
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
         return f
 
@@ -229,6 +237,7 @@ def run_series(s: Series, *, model: ModelDenoiser | None, fitted: Path | None = 
     if model is not None:
         add("n2a_bundled", model.for_series(seen))
         add("n2a_ensemble", model.for_series(seen, ensemble=True))
+        add("n2a_lattice", model.for_series(seen, lattice=True))
     if fitted is not None:
         with ModelDenoiser(fitted, resample=False) as m:
             add("n2a_fitted", m.for_series(seen))
@@ -385,6 +394,7 @@ def real_images(args, model: ModelDenoiser, work: Path, log) -> list[dict]:
         log(f"real: {name}")
         outs = {"raw": img, f"Gaussian σ {REAL_GAUSSIAN_SIGMA:g}": gaussian(REAL_GAUSSIAN_SIGMA)(img),
                 "n2a bundled (no training)": model.for_series(img[None])(img)}
+        lattice = {"n2a bundled + lattice average": model.for_series(img[None], lattice=True)(img)}
         fit_note = ""
         if args.fit_minutes > 0 and i in args.fit_real:
             # n2a-train needs >= 2 frames: the image's four quadrants are the training frames.
@@ -395,7 +405,7 @@ def real_images(args, model: ModelDenoiser, work: Path, log) -> list[dict]:
             with ModelDenoiser(path, resample=False) as m:
                 outs["n2a fitted on the image"] = m.for_series(img[None])(img)
         row = {"name": name, "note": note, "shape": list(img.shape), "fit": fit_note,
-               "checks": {k: not_flat_checks(v, img) for k, v in outs.items() if k != "raw"}}
+               "checks": {k: not_flat_checks(v, img) for k, v in (outs | lattice).items() if k != "raw"}}
         for k, c in row["checks"].items():
             log(f"    {k}: corr {c['corr_smoothed_raw']:.3f}, rel std {c['rel_std']:.3f}")
         rows.append(row)

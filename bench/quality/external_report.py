@@ -19,6 +19,7 @@ LABELS = {
     "anscombe_bm3d": "Anscombe + BM3D",
     "n2a_bundled": "n2a bundled model, no training on the data",
     "n2a_ensemble": "n2a bundled model, self-ensemble of 8 (`n2a-denoise --ensemble`)",
+    "n2a_lattice": "n2a bundled model + lattice average (`n2a-denoise --lattice-average`)",
     "n2a_fitted": "n2a fitted on the series (blindspot)",
 }
 BASELINES = ("gaussian", "bm3d", "anscombe_bm3d")
@@ -35,7 +36,8 @@ def _table(doses: dict, metric: str, digits: int) -> list[str]:
     for k in keys:
         out.append(f"| {LABELS[k]} | " + " | ".join(_fmt(doses[c].get(k, {}).get(metric), digits)
                                                   for c in cols) + " |")
-    for key, label in (("n2a_bundled", "bundled"), ("n2a_ensemble", "self-ensemble")):
+    for key, label in (("n2a_bundled", "bundled"), ("n2a_ensemble", "self-ensemble"),
+                       ("n2a_lattice", "bundled + lattice average")):
         if key not in keys:
             continue
         diff = []

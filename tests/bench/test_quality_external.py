@@ -77,7 +77,7 @@ def test_scoring_on_a_tiny_crop_of_the_third_party_pairs(shared, model, tmp_path
     x, y = load_tk_pairs(shared)
     s = tk_pair_series(x, y, 0, crop=48)
     rows = run_series(s, model=model, bm3d=True, log=lambda m: None)
-    assert set(rows) == {"raw", "gaussian", "bm3d", "anscombe_bm3d", "n2a_bundled", "n2a_ensemble"}
+    assert set(rows) == {"raw", "gaussian", "bm3d", "anscombe_bm3d", "n2a_bundled", "n2a_ensemble", "n2a_lattice"}
     for key, r in rows.items():
         assert -1 <= r["ssim"] <= 1 and np.isfinite(r["psnr_db"]), (key, r)
     assert rows["gaussian"]["ssim"] > rows["raw"]["ssim"]
@@ -87,6 +87,7 @@ def test_scoring_on_a_tiny_crop_of_the_third_party_pairs(shared, model, tmp_path
                 grid=tmp_path / "g.png")
     assert "bundled − best of Gaussian/BM3D/Anscombe+BM3D" in md
     assert "self-ensemble − best of Gaussian/BM3D/Anscombe+BM3D" in md
+    assert "bundled + lattice average − best of Gaussian/BM3D/Anscombe+BM3D" in md
     json.dumps(rows)
 
 
