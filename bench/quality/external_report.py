@@ -62,7 +62,10 @@ def render(r: dict, grid: Path) -> str:
         "is the model's 1.25 px (`noise2atom.scaling.series_zoom`, within ×0.5–2; no zoom where no lattice "
         "is trusted; where a lattice is trusted but its width cannot be fitted, its pitch brought up to 12 px, "
         "by at most ×2) and back, through `engines.open_engine` with ONNX Runtime on CPU. The model fitted on "
-        "the data runs at the data's own sampling (as `n2a-denoise --fit`).",
+        "the data runs at the data's own sampling (as `n2a-denoise --fit`). The *lattice average* row is the "
+        "same output averaged over the lattice's own translations (`n2a-denoise --lattice-average`, "
+        "`noise2atom.lattice_average`; translations found in the series' first output), a step that assumes "
+        "what repeats is the specimen: its cost to vacancies and edges is in `lattice-average-cpu.md`.",
         f"- Series: {r['frames']} frames each ({r['crop']}² for abTEM, {2 * r['crop']}² crops for temul MoS2 and "
         f"tk_r_em; the last {r['score_frames']} scored, the models' input scaling from all), sub-pixel "
         "drift between frames (shift + crop), independent "
