@@ -46,7 +46,7 @@ def test_every_bench_target_runs_a_bench_module():
 @pytest.mark.parametrize("module", sorted({m for ms in _make_targets().values() for m in ms} | {
     "bench.viewer_screenshot", "bench.quality.simulated", "bench.quality.external",
     "bench.quality.training_curve", "bench.quality.default_model", "bench.quality.abtem_fields",
-    "bench.quality.pitch_resampling"}))
+    "bench.quality.pitch_resampling", "bench.quality.lattice_average"}))
 def test_entry_point_imports_and_parses_its_options(module, capsys):
     main = importlib.import_module(module if module != "bench.quality" else "bench.quality.__main__").main
     with pytest.raises(SystemExit) as e:
