@@ -9,7 +9,8 @@ A message is a ZeroMQ multipart message ``[header, payload, (payload2, ...)]``:
   a flat map of acquisition settings (scalars and short lists, at most :data:`MAX_META_BYTES`
   bytes; see :func:`check_meta`). Outputs of ``n2a-stream`` add ``css``, ``css_raw``, ``css_mean``,
   ``timing``, ``engine``, ``model``, ``dropped``, ``gaps``, ``meta_mismatch``, ``flags``, ``resample``
-  (the zoom the frame was denoised at, or nil) and ``parts`` (the names of the payload parts, e.g.
+  (the zoom the frame was denoised at, or nil), ``lattice_average`` (how many lattice translations
+  the frame was averaged over, or nil) and ``parts`` (the names of the payload parts, e.g.
   ``["denoised", "raw"]``).
 - each payload is the raw little-endian C-order bytes of one (H, W) array, exactly
   ``H * W * itemsize`` long. All parts share ``shape``; ``dtype`` is the first part's dtype and the
@@ -111,6 +112,7 @@ OUTPUT_FIELDS: dict[str, tuple[type, ...]] = {
     "flags": (list,),
     "learn": (dict,),
     "resample": (float, int, type(None)),
+    "lattice_average": (int, type(None)),
 }
 
 
@@ -523,6 +525,9 @@ def _check_output_fields(header: dict[str, Any]) -> None:
             if ok and key == "resample" and value is not None and not (math.isfinite(value) and value > 0):
                 raise ProtocolError(f"output field 'resample' must be a finite zoom factor > 0 or nil "
                                     f"(got {value!r})", reason="field")
+            if ok and key == "lattice_average" and value is not None and not (_is_int(value) and value >= 0):
+                raise ProtocolError(f"output field 'lattice_average' must be a count of translations >= 0 "
+                                    f"or nil (got {value!r})", reason="field")
             if not ok:
                 names = "/".join(t.__name__ for t in types)
                 raise ProtocolError(f"output field {key!r} must be {names} (got {value!r})",

@@ -48,6 +48,7 @@ class OutFrame:
     scaling: Any = None  # the series' input scaling (noise2atom Normalisation) the denoiser used
     model_id: str | None = None  # the model that made this frame (changes when the learner swaps)
     resample: float | None = None  # the zoom the frame was denoised at (None: resampling off)
+    lattice_average: int | None = None  # translations it was averaged over (None: the step is off)
 
 
 class Publisher(Worker):
@@ -151,7 +152,7 @@ class Publisher(Worker):
         if record is not None:
             self.recorder.write("denoised", record)
         timing["send"] = t3 - t2
-        self._count(item, css, flags, timing, out.resample)
+        self._count(item, css, flags, timing, out.resample, out.lattice_average)
 
     def _update_css(self, out: OutFrame) -> dict[str, float | None]:
         """This frame's CSS and rolling means (nil without CSS or after a missing frame)."""
@@ -186,7 +187,7 @@ class Publisher(Worker):
                       dropped=counts.get("dropped") + counts.get("dropped_input"),
                       gaps=counts.get("gaps"), rejected=self.stats.rejected.total(),
                       meta_mismatch=list(out.item.series.mismatch), flags=flags,
-                      resample=out.resample)
+                      resample=out.resample, lattice_average=out.lattice_average)
         if self.learner is not None:
             self.learner.observe(fields["model"], flags)
             fields["learn"] = self.learner.status()
@@ -207,7 +208,7 @@ class Publisher(Worker):
         return parts, record
 
     def _count(self, item: InFrame, css: dict[str, Any], flags: list[str],
-               timing: dict[str, int], resample: float | None) -> None:
+               timing: dict[str, int], resample: float | None, lattice_average: int | None) -> None:
         st = self.stats
         st.counts.add("published")
         st.rate_out.tick()
@@ -218,7 +219,8 @@ class Publisher(Worker):
         st.add_css("css", css["css"])
         st.add_css("css_raw", css["css_raw"])
         st.set_last(**css, series=item.series.name, seq=item.seq,
-                    meta_mismatch=list(item.series.mismatch), flags=flags, resample=resample)
+                    meta_mismatch=list(item.series.mismatch), flags=flags, resample=resample,
+                    lattice_average=lattice_average)
 
     def work(self) -> None:
         while True:

@@ -158,7 +158,7 @@ class RateLimitedLog:
 class StreamStats:
     """Everything the stream counts, shared by its stages (each field is thread-safe)."""
 
-    STAGES = ("receive", "queue", "normalise", "resample", "denoise", "css", "send",
+    STAGES = ("receive", "queue", "normalise", "resample", "denoise", "lattice", "css", "send",
               "receive_to_publish", "acq_to_publish")
 
     def __init__(self) -> None:
