@@ -13,7 +13,8 @@ ENGINES = Path(__file__).resolve().parents[2] / "engines"
 LIBRARY_MAY_IMPORT = {"noise2atom.models", "noise2atom.checkpoint", "noise2atom.files"}
 #: The command lines (engines/cli/) may import these as well.
 CLI_MAY_IMPORT = LIBRARY_MAY_IMPORT | {"noise2atom.io", "noise2atom.metrics", "noise2atom.guard",
-                                       "noise2atom.scaling", "noise2atom.finetune", "noise2atom.ensemble"}
+                                       "noise2atom.scaling", "noise2atom.finetune", "noise2atom.ensemble",
+                                       "noise2atom.lattice_average"}
 
 
 def _modules() -> dict[str, Path]:
