@@ -111,3 +111,11 @@ def test_bad_input_says_what_was_expected():
     bad[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         lattice_average(f, bad, np.zeros((0, 2)))
+
+
+@pytest.mark.parametrize("shape, size", [((40, 37), 5), ((9, 64), 15), ((33, 33), 3)])
+def test_the_box_mean_is_scipys_uniform_filter(shape, size):
+    from noise2atom.lattice_average import _box_mean
+
+    a = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(_box_mean(a, size), ndimage.uniform_filter(a, size, mode="nearest"), atol=1e-5)
