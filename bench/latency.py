@@ -72,7 +72,7 @@ def _gpu() -> str:
 
 def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
                saturated: bool, css: bool = True, engine: str = "onnxruntime", device: str | None = None,
-               skip: int = 0, resample: bool = True) -> dict:
+               skip: int = 0, resample: bool = True, lattice_average: bool = False) -> dict:
     from streamer.pipeline import Stream
     from streamer.replay import Replay
 
@@ -83,7 +83,7 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     stream = Stream(source=replay.bind(), model=model, engine=engine, device=device,
                     pattern="pull" if saturated else "sub",
                     policy="block" if saturated else "latest", max_queue=2, css=css,
-                    resample=resample).start()
+                    resample=resample, lattice_average=lattice_average).start()
     client = OutputClient(ctx, stream.out_endpoint, skip=skip)
     client.start()
     deadline = time.monotonic() + 10
@@ -101,7 +101,8 @@ def run_stream(model: Path, frames: list[np.ndarray], *, n: int, fps: float,
     replay.close()
     ctx.term()
     stages = {k: float(np.median([r["timing"].get(k) or 0 for r in client.rows])) / 1e6
-              for k in ("receive", "queue", "normalise", "resample", "denoise", "css", "receive_to_publish")}
+              for k in ("receive", "queue", "normalise", "resample", "denoise", "lattice", "css",
+                        "receive_to_publish")}
     # Throughput from the first to the last output received (the first frame's start-up excluded);
     # the client's receive times, so a run that ends before this loop first looks is still timed.
     rows = client.rows[:got]

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     part_argv = ["--quick"] if args.quick else []
     rc = simulated.main(part_argv) or external.main(part_argv)
     if not rc:
-        lattice_average.main(["--series", "30", "--repeats", "2"] if args.quick else [])
+        lattice_average.main(["--series", "30", "--repeats", "2", "--stream-frames", "5"] if args.quick else [])
     return rc
 
 

@@ -12,7 +12,9 @@
    default) to 19 and 11. If BM3D's lead over the network came from anything but averaging far
    repeats, a smaller window would keep it.
 3. *Time* of the step per frame (translations found once per series, then the average per frame) at
-   256², 512² and 1024², next to the bundled model's ONNX Runtime time at the same size.
+   256², 512² and 1024², next to the bundled model's ONNX Runtime time at the same size; and
+   ``n2a-stream`` end to end on a 512² and a 1024² crystal (PUSH/PULL, unpaced, CSS and guard on,
+   resampled) with and without ``--lattice-average``.
 
 Writes ``bench/results/lattice-average-cpu.md``. Usage: ``python -m bench.quality.lattice_average``.
 """
@@ -134,19 +136,38 @@ def time_rows(repeats: int) -> list[tuple]:
     return rows
 
 
+def stream_rows(n: int) -> list[tuple]:
+    from bench.latency import run_stream
+    from noise2atom.checkpoint import default_model_path
+    from noise2atom.stem_sim import StemSimulator
+
+    rows = []
+    for size in (512, 1024):
+        sim = StemSimulator(shape=(size, size), scene="film", seed=0)
+        frames = [sim.frame(t).noisy for t in range(4)]
+        for on in (False, True):
+            st = run_stream(default_model_path(), frames, n=n, fps=0, saturated=True, css=True,
+                            lattice_average=on)
+            rows.append((size, on, st["fps_out"], st["stages"]["denoise"], st["stages"]["lattice"],
+                         st["received"], st["sent"]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.quality.lattice_average", description=__doc__.splitlines()[0])
     p.add_argument("--series", type=int, default=300, help="mixture series to score (300)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per size (7)")
+    p.add_argument("--stream-frames", type=int, default=20, help="frames per n2a-stream run (20)")
     args = p.parse_args(argv)
     t0 = time.time()
     rows, n_lattice = quality_rows(args.series)
     windows = window_rows()
     times = time_rows(args.repeats)
+    streams = stream_rows(args.stream_frames)
     bins = [(f"{lo:g}–{hi:g}" if np.isfinite(hi) else f"≥ {lo:g}", [r for r in rows if lo <= r["peak"] < hi])
             for lo, hi in BINS]
     lines = [
-        "# The lattice average (`n2a-denoise --lattice-average`): what it gains and what it costs", "",
+        "# The lattice average (`--lattice-average`): what it gains and what it costs", "",
         f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M', time.gmtime())}; run time {(time.time() - t0) / 60:.1f} min; "
         f"{machine()}.",
         f"- Command: `python -m bench.quality.lattice_average --series {args.series} --repeats {args.repeats}`; "
@@ -171,6 +192,12 @@ def main(argv: list[str] | None = None) -> None:
         "| frame | translations | find them (once per series) | average (per frame) | model (ONNX Runtime) |",
         "|---|---:|---:|---:|---:|",
         *[f"| {s}² | {k} | {a:.0f} | {b:.0f} | {c:.0f} |" for s, k, a, b, c in times], "",
+        f"`n2a-stream` end to end ({args.stream_frames} frames of a simulated film, PUSH/PULL unpaced, "
+        "CSS and guard on, resampled as by default; `bench.latency.run_stream`):", "",
+        "| frame | `--lattice-average` | frames received | stream fps | median ms: denoise | lattice |",
+        "|---|---|---:|---:|---:|---:|",
+        *[f"| {s}² | {'on' if on else 'off'} | {got}/{sent} | **{fps:.2f}** | {d:.0f} | {lat:.0f} |"
+          for s, on, fps, d, lat, got, sent in streams], "",
     ]
     out = RESULTS / "lattice-average-cpu.md"
     out.write_text("\n".join(lines))
