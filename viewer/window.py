@@ -343,7 +343,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         dropped, gaps = int(h.get("dropped") or 0), int(h.get("gaps") or 0)
         _set_warn(lab["dropped"], f"dropped {dropped}", dropped > 0)
         _set_warn(lab["gaps"], f"gaps {gaps}", gaps > 0)
-        lab["engine"].setText(f"{_describe_engine(h.get('engine'))} · {h.get('model') or 'no model'}")
+        translations = h.get("lattice_average")  # n2a-stream --lattice-average: averaged over the lattice
+        lattice = f" · lattice average ×{translations}" if isinstance(translations, int) and translations else ""
+        lab["engine"].setText(f"{_describe_engine(h.get('engine'))} · {h.get('model') or 'no model'}{lattice}")
         learn = h.get("learn")
         mismatch = h.get("meta_mismatch") or []
         flags = h.get("flags") or []

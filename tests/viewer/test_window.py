@@ -126,6 +126,9 @@ def test_status_bar_shows_drops_and_gaps_from_headers(qtbot, make_window, publis
     assert "background-color" in window.status_labels["gaps"].styleSheet()
     mismatch = window.status_labels["mismatch"]
     assert mismatch.isVisible() and "pixel_size_nm, dwell_time_us" in mismatch.text()
+    assert "lattice average" not in window.status_labels["engine"].text()
+    send_series(publisher, 1, first=5, lattice_average=16)  # n2a-stream --lattice-average
+    qtbot.waitUntil(lambda: "lattice average ×16" in window.status_labels["engine"].text())
 
 
 def test_pause_freezes_display_while_receiver_keeps_draining(qtbot, make_window, publisher, receiver, subscribe, make_frame):
