@@ -97,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--lattice-average", action="store_true",
                      help="average each denoised frame over its lattice's own translations, changing "
                           "pixels by about the noise at most (closer to the truth on perfect "
-                          "crystals, some cost to vacancies and edges, ~2.5x the engine time on a "
-                          "CPU; the count is in each output header as 'lattice_average')")
+                          "crystals, some cost to vacancies and edges; 1024² streams at 4.5 fps "
+                          "with it on our 2-core CPU; the count is in each output header as "
+                          "'lattice_average')")
     eng.add_argument("--max-engine-failures", type=_positive_int, default=50,
                      help="stop when the engine fails on this many frames in a row (50); a "
                           "failure on fewer is counted and the stream goes on")

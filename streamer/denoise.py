@@ -54,8 +54,8 @@ class Denoiser(Worker):
     lattice's own translations (:mod:`noise2atom.lattice_average`; the translations are found in
     the series' first denoised frame and kept for the series, like the zoom). How many goes into
     every output header (``lattice_average``: 0 where no lattice was found; nil when off). It
-    assumes that what repeats is the specimen, and costs about 2.5x the engine's time per frame
-    on a CPU.
+    assumes that what repeats is the specimen, and costs 1.2-1.5x the engine's time on a frame of
+    the same size on our 2-core CPU (``bench/results/lattice-average-cpu.md``).
     """
 
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,

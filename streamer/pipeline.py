@@ -103,7 +103,7 @@ class StreamConfig(BaseModel):
                                   "lattice's own translations (noise2atom.lattice_average; found once "
                                   "per series; the count goes into each output header as "
                                   "'lattice_average'): closer to the truth on perfect crystals, at "
-                                  "some cost to vacancies and edges and ~2.5x the engine time on a CPU")
+                                  "some cost to vacancies and edges and 1.2-1.5x the engine time on a CPU")
     max_queue: int = Field(default=4, ge=1, le=10_000,
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")
