@@ -89,3 +89,17 @@ def read_tiff_with_meta(path) -> tuple[np.ndarray, dict]:
 
     with tifffile.TiffFile(path) as f:
         return f.asarray(), json.loads(f.pages[0].description)
+
+
+def denoise_file(tmp_path, src, name: str, *extra: str, capsys) -> tuple[np.ndarray, dict, str]:
+    """``n2a-denoise SRC --out tmp_path/NAME.tif`` with the bundled model in ONNX Runtime (its own
+    entry point, real files); returns the output frames, its ``n2a`` metadata and the summary."""
+    from engines.cli.denoise import main
+
+    out = Path(tmp_path) / f"{name}.tif"
+    rc = main([str(src), "--model", str(bundled_model()), "--out", str(out), "--engine", "onnxruntime",
+               "--quiet", *extra])
+    report = capsys.readouterr().out
+    assert rc == 0, report
+    den, meta = read_tiff_with_meta(out)
+    return den, meta["n2a"], report

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import engines
-from detector_styles import bundled_model, mean_correlation, read_tiff_with_meta
-from engines.cli.denoise import main
+from detector_styles import bundled_model, denoise_file, mean_correlation
 from noise2atom.ensemble import self_ensemble
 from noise2atom.scaling import estimate_scaling
 from noise2atom.stem_sim import StemSimulator
@@ -23,13 +22,9 @@ def _lattice(shape, n: int = 2):
 
 
 def _denoise(tmp_path, counts, name: str, *extra: str, capsys):
-    src, out = tmp_path / f"{name}.npy", tmp_path / f"{name}.tif"
+    src = tmp_path / f"{name}.npy"
     np.save(src, counts)
-    rc = main([str(src), "--model", str(bundled_model()), "--out", str(out), "--engine", ENGINE, "--quiet", *extra])
-    report = capsys.readouterr().out
-    assert rc == 0, report
-    den, meta = read_tiff_with_meta(out)
-    return den, meta["n2a"], report
+    return denoise_file(tmp_path, src, name, *extra, capsys=capsys)
 
 
 @pytest.mark.parametrize("shape, size", [((96, 96), 8), ((96, 80), 4)])

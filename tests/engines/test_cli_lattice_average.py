@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector_styles import bundled_model, mean_correlation, read_tiff_with_meta
-from engines.cli.denoise import main
+from detector_styles import denoise_file, mean_correlation
 from noise2atom.stem_sim import StemSimulator
 
 PITCH = 9.0
@@ -20,14 +19,9 @@ def _crystal(n: int = 3):
 
 
 def _denoise(tmp_path, counts, name: str, *extra: str, capsys):
-    src, out = tmp_path / f"{name}.npy", tmp_path / f"{name}.tif"
+    src = tmp_path / f"{name}.npy"
     np.save(src, counts)
-    rc = main([str(src), "--model", str(bundled_model()), "--out", str(out), "--engine", "onnxruntime",
-               "--quiet", *extra])
-    report = capsys.readouterr().out
-    assert rc == 0, report
-    den, meta = read_tiff_with_meta(out)
-    return den, meta["n2a"], report
+    return denoise_file(tmp_path, src, name, *extra, capsys=capsys)
 
 
 def test_a_crystal_is_averaged_over_its_own_lattice_and_gets_closer_to_the_truth(tmp_path, capsys):

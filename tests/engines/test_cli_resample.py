@@ -7,8 +7,7 @@ import pytest
 import tifffile
 
 import engines
-from detector_styles import bundled_model, mean_correlation, read_tiff_with_meta
-from engines.cli.denoise import main
+from detector_styles import bundled_model, denoise_file, mean_correlation
 from noise2atom.scaling import denoise_resampled, estimate_scaling, series_zoom, zoom_up_order
 from noise2atom.stem_sim import StemSimulator
 
@@ -23,12 +22,7 @@ def _narrow_lattice(n: int = 3):
 
 
 def _denoise(tmp_path, src, name: str, *extra: str, capsys):
-    out = tmp_path / f"{name}.tif"
-    rc = main([str(src), "--model", str(bundled_model()), "--out", str(out), "--engine", ENGINE, "--quiet", *extra])
-    report = capsys.readouterr().out
-    assert rc == 0, report
-    den, meta = read_tiff_with_meta(out)
-    return den, meta["n2a"], report
+    return denoise_file(tmp_path, src, name, *extra, capsys=capsys)
 
 
 def test_files_are_resampled_by_default_and_not_with_no_resample(tmp_path, capsys):
