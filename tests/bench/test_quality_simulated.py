@@ -9,6 +9,23 @@ import pytest
 from bench.quality import denoisers, report, scoring, simulated
 
 
+def test_the_bundled_model_is_scored_as_the_tools_run_it(tmp_path):
+    """Scaled from the series itself (as n2a-denoise and n2a-stream do), not through the checkpoint's
+    nominal limits: fed those, the bundled model turned a 1-count series into a flat frame (SSIM
+    0.03, CSS 1.000) in the 2026-12-01 run."""
+    from noise2atom.checkpoint import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no bundled model")
+    rc = simulated.main(["--quick", "--no-train", "--no-bm3d", "--scenes", "crystal", "--doses", "1",
+                         "--out", str(tmp_path), "--work", str(tmp_path / "work")])
+    assert rc == 0
+    (case,) = json.loads((tmp_path / "quality.json").read_text())["cases"]
+    rows = {m["key"]: m for m in case["methods"]}
+    assert rows["n2a-default"]["ssim"] > rows["raw"]["ssim"] + 0.1, rows["n2a-default"]
+    assert rows["n2a-default"]["css"] < 0.99
+
+
 def test_quick_baselines_write_a_table_where_gaussian_beats_raw(tmp_path):
     rc = simulated.main(["--quick", "--no-train", "--no-default", "--no-bm3d", "--scenes", "crystal", "--out", str(tmp_path),
                        "--work", str(tmp_path / "work")])
