@@ -80,10 +80,15 @@ def train_in_series(*, method: str, frames: np.ndarray, meta: dict, minutes: flo
     path : Path
         Checkpoint to write.
     reuse : bool
-        Keep an existing checkpoint at ``path`` instead of training again.
+        Keep an existing checkpoint at ``path`` instead of training again; without it, one left by an
+        earlier run of the benchmark is replaced (the work folder is the benchmark's own scratch).
     """
     path = Path(path)
     if not (reuse and path.exists()):
+        from noise2atom.checkpoint import train_state_path
+
+        for stale in (path, train_state_path(path)):
+            stale.unlink(missing_ok=True)
         frames_path = _write_frames(frames, path.with_suffix(".frames.npy"))
         run_n2a_train(_argv(method, frames_path, path, minutes, meta, quick=quick, threads=threads, resume=False))
     return f"{minutes:g} min, {_iteration(path)} it"

@@ -121,3 +121,20 @@ def test_rerender_rebuilds_the_same_report_from_json(tmp_path):
     (tmp_path / "quality.md").unlink()
     assert simulated.main(["--rerender", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "quality.md").read_text() == first
+
+
+def test_a_second_run_replaces_its_own_in_series_checkpoints(tmp_path):
+    """make bench-quality run twice: the second run trains afresh over the first one's scratch
+    checkpoints (it stopped with 'exists: pass --overwrite' before)."""
+    from bench.quality.training import train_in_series
+
+    frames = np.random.default_rng(0).poisson(2.0, (4, 32, 32)).astype(np.float32)
+    path = tmp_path / "work" / "case-blindspot.safetensors"
+    args = dict(method="blindspot", frames=frames, meta={"gain_adu_per_count": 1.0, "offset_adu": 0.0}, minutes=0.02,
+                path=path,
+                quick=True)
+    train_in_series(**args)
+    first = path.stat().st_mtime_ns
+    assert "it" in train_in_series(**args)
+    assert path.stat().st_mtime_ns > first
+    assert train_in_series(**args, reuse=True) and path.stat().st_mtime_ns > first
