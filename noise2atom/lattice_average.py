@@ -80,9 +80,9 @@ def lattice_offsets(frame: np.ndarray, *, max_offsets: int = MAX_OFFSETS,
     iy, ix = np.nonzero(peaks)
     r = np.hypot(iy - cy, ix - cx)
     keep = (r >= MIN_SHIFT_PX) & (r < MAX_SHIFT_FRACTION * min(c.shape))
-    iy, ix = iy[keep], ix[keep]
+    iy, ix, r = iy[keep], ix[keep], r[keep]
     # strongest first; on an exactly periodic frame all repeats tie, and the nearest go first
-    order = np.lexsort((np.hypot(iy - cy, ix - cx), -np.round(c[iy, ix], 2)))[:max_offsets]
+    order = np.lexsort((r, -np.round(c[iy, ix], 2)))[:max_offsets]
     out = [(iy[k] - cy + d[0], ix[k] - cx + d[1]) for k in order for d in [_subpixel(c, iy[k], ix[k])]]
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
@@ -121,7 +121,7 @@ def _box_mean(a: np.ndarray, size: int) -> np.ndarray:
     return sum(rows[:, i:i + w] for i in range(size)) / np.float32(size * size)
 
 
-def noise_sigma(raw: np.ndarray, denoised: np.ndarray) -> float:
+def _noise_sigma(raw: np.ndarray, denoised: np.ndarray) -> float:
     """The noise's standard deviation, read robustly (MAD) from the residual ``raw - denoised``."""
     r = (np.asarray(raw, dtype=np.float32) - np.asarray(denoised, dtype=np.float32))[::3, ::3].ravel()
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
@@ -145,7 +145,7 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray) 
     offsets = np.asarray(offsets, dtype=np.float64)
     if offsets.ndim != 2 or offsets.shape[1] != 2:
         raise ValueError(f"offsets must be a (K, 2) array of (dy, dx) (got shape {offsets.shape})")
-    sigma = noise_sigma(x, o)
+    sigma = _noise_sigma(x, o)
     if len(offsets) == 0 or sigma <= 0:
         return o.copy()
     margin = int(np.ceil(np.abs(offsets).max())) + 3

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector_styles import denoise_file, mean_correlation
-from noise2atom.stem_sim import StemSimulator
+from detector_styles import defect_free_crystal, denoise_file, mean_correlation
 
 PITCH = 9.0
-
-
-def _crystal(n: int = 3):
-    """(truth, uint16 counts): a drifting defect-free film at ~2 counts a column."""
-    sim = StemSimulator(shape=(128, 128), scene="film", pitch_px=PITCH, sigma_px=1.2, rotation_deg=11,
-                        surface_dynamics=False, seed=5)
-    clean = np.stack([sim.frame(t).clean for t in range(n)])
-    return clean, np.random.default_rng(3).poisson(clean * 2.0 + 0.05).astype(np.uint16)
 
 
 def _denoise(tmp_path, counts, name: str, *extra: str, capsys):
@@ -25,7 +16,7 @@ def _denoise(tmp_path, counts, name: str, *extra: str, capsys):
 
 
 def test_a_crystal_is_averaged_over_its_own_lattice_and_gets_closer_to_the_truth(tmp_path, capsys):
-    clean, counts = _crystal()
+    clean, counts = defect_free_crystal((128, 128), 3, PITCH)
     plain, plain_meta, plain_report = _denoise(tmp_path, counts, "plain", capsys=capsys)
     den, meta, report = _denoise(tmp_path, counts, "lat", "--lattice-average", capsys=capsys)
     assert plain_meta["lattice_average"] is None and "lattice average" not in plain_report

@@ -6,26 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector_styles import bundled_model, mean_correlation
+from detector_styles import bundled_model, defect_free_crystal, mean_correlation
 from noise2atom.lattice_average import lattice_average, lattice_offsets
 from noise2atom.scaling import denoise_resampled, estimate_scaling, series_zoom, zoom_up_order
-from noise2atom.stem_sim import StemSimulator
 from stream_testutils import push_series_through_stream
 from streamer import protocol
 
 import engines
 
 
-def _crystal(n: int = 4):
-    """(truth, uint16 counts): a drifting defect-free film at ~2 counts a column."""
-    sim = StemSimulator(shape=(112, 128), scene="film", pitch_px=9.0, sigma_px=1.2, rotation_deg=11,
-                        surface_dynamics=False, seed=5)
-    clean = np.stack([sim.frame(t).clean for t in range(n)])
-    return clean, np.random.default_rng(3).poisson(clean * 2.0 + 0.05).astype(np.uint16)
-
-
 def test_each_frame_is_averaged_over_its_series_translations(zmq_ctx):
-    truth, crystal = _crystal()
+    truth, crystal = defect_free_crystal((112, 128), 4)
     noise = np.random.default_rng(0).poisson(2.0, (3, 96, 96)).astype(np.uint16)  # nothing repeats
     series = {"crystal": crystal, "noise": noise}
     out, status, summary, text = push_series_through_stream(zmq_ctx, bundled_model(), series,
