@@ -23,6 +23,8 @@ repeats is the specimen.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -36,6 +38,7 @@ BOX_PX = 5  # neighbourhood compared between a pixel and its copy
 MEDIAN_WEIGHT = 2.0  # a copy as unlike as the median copy gets weight exp(-1/2)
 NOISE_WINDOW_PX = 15  # the noise that bounds each pixel's change is read over this square
 GATE = 1.5  # a change of 1.5 local noise sigmas is damped by exp(-1); a missing column's is far larger
+RAW_MEDIAN_WEIGHT = 0.75  # the second pass's raw average: tighter than MEDIAN_WEIGHT, raw copies are unbiased
 # Chosen on held-out abTEM CeO2 and GaN with a cap written first: at most +3 % MSE on the
 # non-periodic pixels of n2a's mixture (bench/results/lattice-average-cpu.md).
 
@@ -127,7 +130,43 @@ def _noise_sigma(raw: np.ndarray, denoised: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
-def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _copy_weights(guide: np.ndarray, offsets: np.ndarray, median_weight: float,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """``guide``'s copies translated by ``offsets``, each copy's weight ``exp(-d / h2)`` (``d`` the
+    mean squared difference to ``guide`` over :data:`BOX_PX`, ``h2`` ``median_weight`` times the
+    median ``d``; zero where the copy falls outside the frame), and the edge padding used."""
+    margin = int(np.ceil(np.abs(offsets).max())) + 3
+    padded = np.pad(guide, margin, mode="edge")
+    copies = [_shifted(padded, margin, guide.shape, dy, dx) for dy, dx in offsets]
+    dists = [_box_mean((s - guide) ** 2, BOX_PX) for s, _ in copies]
+    median = float(np.median(np.concatenate([d[::3, ::3].ravel() for d in dists])))  # 1 pixel in 9 is plenty
+    h2 = np.float32(median_weight * median + 1e-12)
+    weights = [np.exp(-d / h2) * inside for (_, inside), d in zip(copies, dists)]
+    return [s for s, _ in copies], weights, margin
+
+
+def _weighted_mean(a: np.ndarray, copies: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
+    """``a`` (weight 1) and its ``copies`` averaged with ``weights``."""
+    total, weight = a.copy(), np.ones_like(a)
+    for s, w in zip(copies, weights):
+        total += w * s
+        weight += w
+    return total / weight
+
+
+def _raw_average(raw: np.ndarray, guide: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``raw`` averaged with its own translated copies, weighted by how alike ``guide``'s (a
+    denoised frame's) copies are: unbiased, unlike the network's output, and with about 1/K of the
+    noise where the copies agree. Where they do not (a vacancy) the weights vanish and ``raw``
+    stays as it was."""
+    _, weights, margin = _copy_weights(guide, offsets, RAW_MEDIAN_WEIGHT)
+    padded = np.pad(raw, margin, mode="edge")
+    copies = [_shifted(padded, margin, raw.shape, dy, dx)[0] for dy, dx in offsets]
+    return _weighted_mean(raw, copies, weights)
+
+
+def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray,
+                    denoise: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """``denoised`` averaged with its copies translated by ``offsets`` (from :func:`lattice_offsets`).
 
     Both frames in the same units (any: the noise is read from ``raw - denoised``). Each copy's
@@ -137,6 +176,13 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray) 
     ``exp(-(c / (GATE s))^2)``, ``s`` the residual's RMS over :data:`NOISE_WINDOW_PX` around it
     (Poisson noise is larger on bright columns than between them), so only changes of the order of
     the noise go through. Returns float32, ``denoised``'s shape.
+
+    With ``denoise`` (the network, as it made ``denoised`` from ``raw``: same units in and out)
+    there is a second pass first: ``raw`` is averaged over the same translations, weighted by how
+    alike ``denoised``'s copies are (:data:`RAW_MEDIAN_WEIGHT`), and denoised again; that output is
+    then averaged as above. The network then sees a frame with a fraction of the noise, and the
+    columns it had shrunk at a few counts come back (atom F1 at 0.1 counts/px rises instead of
+    falling: ``bench/results/lattice-average-cpu.md``). It costs one more network call.
     """
     o = _checked_frame(denoised, "denoised")
     x = _checked_frame(raw, "raw")
@@ -145,21 +191,18 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray) 
     offsets = np.asarray(offsets, dtype=np.float64)
     if offsets.ndim != 2 or offsets.shape[1] != 2:
         raise ValueError(f"offsets must be a (K, 2) array of (dy, dx) (got shape {offsets.shape})")
-    sigma = _noise_sigma(x, o)
-    if len(offsets) == 0 or sigma <= 0:
+    if len(offsets) == 0 or _noise_sigma(x, o) <= 0:
         return o.copy()
-    margin = int(np.ceil(np.abs(offsets).max())) + 3
-    padded = np.pad(o, margin, mode="edge")
-    copies = [_shifted(padded, margin, o.shape, dy, dx) for dy, dx in offsets]
-    dists = [_box_mean((s - o) ** 2, BOX_PX) for s, _ in copies]
-    median = float(np.median(np.concatenate([d[::3, ::3].ravel() for d in dists])))  # 1 pixel in 9 is plenty
-    h2 = np.float32(MEDIAN_WEIGHT * median + 1e-12)
-    total, weight = o.copy(), np.ones_like(o)
-    for (s, inside), d in zip(copies, dists):
-        w = np.exp(-d / h2) * inside
-        total += w * s
-        weight += w
-    change = total / weight - o
+    if denoise is not None:
+        again = np.asarray(denoise(_raw_average(x, o, offsets)))
+        if again.shape != o.shape:
+            raise ValueError(f"denoise must return its input's shape {o.shape} (got {again.shape})")
+        o = _checked_frame(again, "the second pass's output")
+    sigma = _noise_sigma(x, o)
+    if sigma <= 0:
+        return o.copy()
+    copies, weights, _ = _copy_weights(o, offsets, MEDIAN_WEIGHT)
+    change = _weighted_mean(o, copies, weights) - o
     # the local noise, floored so a noise-free patch (vacuum, a clipped region) still allows a little
     local = _box_mean((x - o) ** 2, NOISE_WINDOW_PX)
     bound = np.float32(GATE) * np.sqrt(np.maximum(local, np.float32(0.05 * sigma ** 2)))

@@ -160,11 +160,7 @@ class Denoiser(Worker):
         try:
             x = self.norm.to_model(item.raw)
             t1 = time.perf_counter_ns()
-            if self.pitches is None:
-                y = infer(x)
-            else:
-                y = self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer,
-                                                        up_order=self.up_order)
+            y = self._denoise(x, infer)
             t2 = time.perf_counter_ns()
         except Exception as e:  # noqa: BLE001 - one frame must not stop the stream
             self._failed(item, "engine_error", repr(e))
@@ -192,10 +188,18 @@ class Denoiser(Worker):
                                 "resample": resample_ns, "lattice": t_lattice,
                                 "denoise": t3 - t1 - resample_ns - t_lattice})
 
+    def _denoise(self, x: np.ndarray, infer: Any) -> np.ndarray:
+        """One frame in model units through ``infer``, zoomed by the series' zoom and back."""
+        if self.pitches is None:
+            return infer(x)
+        return self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer,
+                                                   up_order=self.up_order)
+
     def _lattice_averaged(self, item: InFrame, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, int | None]:
-        """``y`` averaged over the series' lattice translations (found in its first output), and
-        how many; ``(y, None)`` when the step is off or failed on this frame (counted as
-        ``lattice_skipped``: the frame goes out as the network made it)."""
+        """``y`` averaged over the series' lattice translations (found in its first output), with
+        the network's second pass on the lattice-averaged raw frame, and how many; ``(y, None)``
+        when the step is off or failed on this frame (counted as ``lattice_skipped``: the frame
+        goes out as the network made it)."""
         if not self.lattice_average:
             return y, None
         try:
@@ -203,8 +207,9 @@ class Denoiser(Worker):
                 self.offsets = self._lattice_lib.lattice_offsets(y)
                 log.info("n2a-stream: series %.300s: lattice average over %d translations",
                          item.series.name, len(self.offsets))
-            return self._lattice_lib.lattice_average(y, x, self.offsets), len(self.offsets)
-        except ValueError as e:  # e.g. a raw frame with NaN pixels
+            again = lambda a: self._denoise(a, lambda b: self.engine.infer(b[None])[0])  # noqa: E731
+            return self._lattice_lib.lattice_average(y, x, self.offsets, denoise=again), len(self.offsets)
+        except Exception as e:  # noqa: BLE001 - e.g. NaN raw pixels, or the second engine call failed
             self.stats.counts.add("lattice_skipped")
             self.rlog.warning("lattice", "n2a-stream: frame seq %d of %.300s sent without the lattice "
                               "average: %s", item.seq, item.series.name, e)

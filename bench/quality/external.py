@@ -142,16 +142,16 @@ class ModelDenoiser:
         def infer(x: np.ndarray) -> np.ndarray:
             return self_ensemble(engine.infer, x[None])[0] if ensemble else engine.infer(x[None])[0]
 
-        def model_units(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = scaling.to_model(np.asarray(frame))
-            return x, infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
-                                                                         up_order=up_order)
+        def denoise(x: np.ndarray) -> np.ndarray:  # model units in and out, zoomed like the series
+            return infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
+                                                                      up_order=up_order)
 
-        offsets = lattice_offsets(model_units(frames[0])[1]) if lattice else None  # fixed for the series
+        offsets = lattice_offsets(denoise(scaling.to_model(np.asarray(frames[0])))) if lattice else None
 
         def f(frame: np.ndarray) -> np.ndarray:
-            x, y = model_units(frame)
-            y = y if offsets is None else lattice_average(y, x, offsets)
+            x = scaling.to_model(np.asarray(frame))
+            y = denoise(x)
+            y = y if offsets is None else lattice_average(y, x, offsets, denoise=denoise)
             return np.asarray(scaling.to_raw(y), dtype=np.float32)
         return f
 

@@ -146,16 +146,17 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
     out = np.empty(frames.shape, np.float32)
     flags: list[list[str]] = []
     offsets = None
+    def one(x: np.ndarray) -> np.ndarray:  # one frame in model units, zoomed like the file
+        if pitches is None:
+            return infer(x[None])[0]
+        return denoise_resampled(x, pitches[1], pitches[0], lambda a: infer(a[None])[0], up_order=up_order)
+
     for start in range(0, len(frames), batch):
         chunk = np.ascontiguousarray(norm.to_model(frames[start:start + batch]), dtype=np.float32)
-        if pitches is None:
-            y = infer(chunk)
-        else:
-            y = np.stack([denoise_resampled(x, pitches[1], pitches[0], lambda a: infer(a[None])[0],
-                                            up_order=up_order) for x in chunk])
+        y = infer(chunk) if pitches is None else np.stack([one(x) for x in chunk])
         if lattice:
             offsets = lattice_offsets(y[0]) if offsets is None else offsets  # fixed for the file
-            y = np.stack([lattice_average(d, x, offsets) for d, x in zip(y, chunk)])
+            y = np.stack([lattice_average(d, x, offsets, denoise=one) for d, x in zip(y, chunk)])
         display = norm.from_model(y)
         flags.extend(guard.check(raw, den) for raw, den in zip(frames[start:start + len(y)], display))
         out[start:start + len(y)] = display if units == "display" else norm.to_raw(y)

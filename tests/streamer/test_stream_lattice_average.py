@@ -31,17 +31,18 @@ def test_each_frame_is_averaged_over_its_series_translations(zmq_ctx):
     assert summary["lattice_average"] == {"translations": 0, "skipped": 0}
     assert "lattice average over 0 translations" in text
 
-    # Exactly the file path's step: the first output's translations, each frame averaged in model units.
+    # Exactly the file path's step: the first output's translations, each frame averaged in model
+    # units after the network's second pass on the lattice-averaged raw frame.
     norm = estimate_scaling(crystal[0])
     pitches, _ = series_zoom(norm.to_model(crystal[0]))
     order = zoom_up_order(norm.to_model(crystal[0]))
     with engines.open_engine(bundled_model(), "onnxruntime") as engine:
-        def denoise(frame):
-            x = norm.to_model(frame)
-            return x, denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0],
-                                        up_order=order)
-        offsets = lattice_offsets(denoise(crystal[0])[1])
-        expected = [norm.from_model(lattice_average(y, x, offsets)) for x, y in map(denoise, crystal)]
+        def net(x):
+            return denoise_resampled(x, pitches[1], pitches[0], lambda a: engine.infer(a[None])[0],
+                                     up_order=order)
+        xs = [norm.to_model(frame) for frame in crystal]
+        offsets = lattice_offsets(net(xs[0]))
+        expected = [norm.from_model(lattice_average(net(x), x, offsets, denoise=net)) for x in xs]
     got = np.stack([m.arrays["denoised"] for m in out["crystal"]])
     assert len(offsets) == k
     np.testing.assert_allclose(got, np.stack(expected), atol=2e-4)
