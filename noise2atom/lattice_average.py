@@ -179,8 +179,8 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray,
 
     With ``denoise`` (the network, as it made ``denoised`` from ``raw``: same units in and out)
     there is a second pass first: ``raw`` is averaged over the same translations, weighted by how
-    alike ``denoised``'s copies are (:data:`RAW_MEDIAN_WEIGHT`), and denoised again; that output is
-    then averaged as above. The network then sees a frame with a fraction of the noise, and the
+    alike ``denoised``'s copies are (:data:`RAW_MEDIAN_WEIGHT`), and denoised again; its change to
+    ``denoised`` is damped like the average's, and that output is then averaged as above. The network then sees a frame with a fraction of the noise, and the
     columns it had shrunk at a few counts come back (atom F1 at 0.1 counts/px rises instead of
     falling: ``bench/results/lattice-average-cpu.md``). It costs one more network call.
     """
@@ -197,13 +197,20 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray,
         again = np.asarray(denoise(_raw_average(x, o, offsets)))
         if again.shape != o.shape:
             raise ValueError(f"denoise must return its input's shape {o.shape} (got {again.shape})")
-        o = _checked_frame(again, "the second pass's output")
-    sigma = _noise_sigma(x, o)
-    if sigma <= 0:
-        return o.copy()
+        # gated like the average below: at high dose the averaged raw frame's own blur (copies
+        # not quite alike) would otherwise go through (abTEM GaN at 10 counts/px: -0.009 SSIM)
+        o = _gated(o, _checked_frame(again, "the second pass's output") - o, x)
+        if _noise_sigma(x, o) <= 0:
+            return o
     copies, weights, _ = _copy_weights(o, offsets, MEDIAN_WEIGHT)
-    change = _weighted_mean(o, copies, weights) - o
+    return _gated(o, _weighted_mean(o, copies, weights) - o, x)
+
+
+def _gated(o: np.ndarray, change: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``o + change``, each pixel's change damped by ``exp(-(c / (GATE s))^2)``, ``s`` the RMS of
+    ``raw - o`` over :data:`NOISE_WINDOW_PX` around it."""
+    sigma = _noise_sigma(raw, o)
     # the local noise, floored so a noise-free patch (vacuum, a clipped region) still allows a little
-    local = _box_mean((x - o) ** 2, NOISE_WINDOW_PX)
+    local = _box_mean((raw - o) ** 2, NOISE_WINDOW_PX)
     bound = np.float32(GATE) * np.sqrt(np.maximum(local, np.float32(0.05 * sigma ** 2)))
     return (o + change * np.exp(-(change / bound) ** 2)).astype(np.float32)
