@@ -172,3 +172,16 @@ def test_a_second_pass_of_the_wrong_shape_says_so():
     pilot, raw = _pilot_and_raw(truth)
     with pytest.raises(ValueError, match=r"denoise must return its input's shape \(64, 64\) \(got \(32, 64\)\)"):
         lattice_average(pilot, raw, lattice_offsets(pilot), denoise=lambda a: a[:32])
+
+
+@pytest.mark.parametrize("strip_rows", [1, 7, 50])
+def test_the_strips_it_works_on_do_not_show(monkeypatch, strip_rows):
+    """The averages run on strips of rows, on threads: any strip height gives the one-strip result."""
+    import noise2atom.lattice_average as lattice
+
+    truth, _, _ = _columns(shape=(120, 96))
+    pilot, raw = _pilot_and_raw(truth)
+    offsets = lattice_offsets(pilot)
+    whole = lattice_average(pilot, raw, offsets, denoise=_smoothing())
+    monkeypatch.setattr(lattice, "STRIP_ROWS", strip_rows)
+    np.testing.assert_array_equal(lattice_average(pilot, raw, offsets, denoise=_smoothing()), whole)
