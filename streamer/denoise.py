@@ -50,12 +50,13 @@ class Denoiser(Worker):
     here, once per series (an FFT and ring medians: ~80 ms at 512², ~0.4 s at 1024² on a 2-core
     CPU): frames arriving meanwhile wait in the input queue like behind a slow frame.
 
-    With ``lattice_average`` (off by default) each denoised frame is then averaged over its
-    lattice's own translations (:mod:`noise2atom.lattice_average`; the translations are found in
-    the series' first denoised frame and kept for the series, like the zoom). How many goes into
-    every output header (``lattice_average``: 0 where no lattice was found; nil when off). It
-    assumes that what repeats is the specimen, and costs 1.2-1.5x the engine's time on a frame of
-    the same size on our 2-core CPU (``bench/results/lattice-average-cpu.md``).
+    With ``lattice_average`` (off by default) the raw frame averaged over its lattice's own
+    translations is denoised a second time, and that output averaged over them
+    (:mod:`noise2atom.lattice_average`; the translations are found in the series' first denoised
+    frame and kept for the series, like the zoom). How many goes into every output header
+    (``lattice_average``: 0 where no lattice was found; nil when off). It assumes that what repeats
+    is the specimen, and costs 3-3.5x the engine's time on a frame of the same size on our 2-core
+    CPU, the second engine call included (``bench/results/lattice-average-cpu.md``).
     """
 
     def __init__(self, *, engine: Any, inq: FrameQueue, outq: FrameQueue, stats: StreamStats,

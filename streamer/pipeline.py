@@ -99,11 +99,13 @@ class StreamConfig(BaseModel):
                            "(noise2atom.scaling.series_zoom, estimated once per series; the "
                            "zoom goes into each output header as 'resample'); off: frames are "
                            "denoised at their own sampling")
-    lattice_average: bool = Field(default=False, description="average each denoised frame over its "
-                                  "lattice's own translations (noise2atom.lattice_average; found once "
-                                  "per series; the count goes into each output header as "
-                                  "'lattice_average'): closer to the truth on perfect crystals, at "
-                                  "some cost to vacancies and edges and 1.2-1.5x the engine time on a CPU")
+    lattice_average: bool = Field(default=False, description="denoise each frame a second time from "
+                                  "the raw frame averaged over its lattice's own translations, then "
+                                  "average that output over them (noise2atom.lattice_average; found "
+                                  "once per series; the count goes into each output header as "
+                                  "'lattice_average'): closer to the truth on perfect crystals at low "
+                                  "dose, at some cost to vacancies and edges at high dose and 3-3.5x "
+                                  "the engine time on a CPU")
     max_queue: int = Field(default=4, ge=1, le=10_000,
                            description="frames waiting for the denoiser before the policy acts")
     record: Path | None = Field(default=None, description="recording directory")

@@ -26,11 +26,13 @@ a folder and each ``a.tif`` becomes ``OUT/a.denoised.tif``.
 non-square one) and averages them back (:mod:`noise2atom.ensemble`): a little closer to the truth,
 for 8 (4) times the engine time; ``n2a.ensemble`` in the metadata says how many.
 
-``--lattice-average`` then averages each denoised frame with its copies shifted by the lattice's own
-translations (:mod:`noise2atom.lattice_average`, found once per file in its first denoised frame),
-changing pixels by about the noise at most: closer to the truth on perfect crystals at 0.1-2
-counts/px, at some cost to vacancies and edges; ``n2a.lattice_average`` in the metadata lists the
-translations (empty: no lattice found, frames unchanged).
+``--lattice-average`` then denoises each frame a second time from the raw frame averaged over the
+lattice's own translations, and averages that output with its copies shifted by them
+(:mod:`noise2atom.lattice_average`, found once per file in its first denoised frame), changing
+pixels by about the noise at most: closer to the truth on perfect crystals at 0.1-2 counts/px, at
+some cost to vacancies and edges at high dose, for one more engine call per frame;
+``n2a.lattice_average`` in the metadata lists the translations (empty: no lattice found, frames
+unchanged).
 
 Every frame goes through the fidelity guard (:mod:`noise2atom.guard`): clipped input, flat output,
 structure in the residual, input out of the model's training range. Any flag is reported in the
@@ -87,9 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="average the model over the 8 flips and rotations of each frame (4 flips when "
                         "it is not square): +0.001-0.013 SSIM on abTEM crystals, 8x (4x) the engine time")
     p.add_argument("--lattice-average", action="store_true",
-                   help="average each denoised frame with its copies one lattice translation away, "
-                        "changing pixels by about the noise at most (noise2atom.lattice_average): "
-                        "closer to the truth on perfect crystals, at some cost to vacancies and edges")
+                   help="denoise each frame a second time from the raw frame averaged over its "
+                        "lattice's translations, then average that output with its copies one "
+                        "lattice translation away, changing pixels by about the noise at most "
+                        "(noise2atom.lattice_average): closer to the truth on perfect crystals at "
+                        "low dose, at some cost to vacancies and edges at high dose")
     p.add_argument("--fit", action="store_true",
                    help="first fine-tune the model on the inputs themselves (self-supervised "
                         "blind-spot loss; a held-back stripe of rows scores it), then denoise")
