@@ -148,7 +148,8 @@ def _strips(h: int) -> list[tuple[int, int]]:
 
 def _on_strips(work: Callable[[tuple[int, int]], None], h: int) -> None:
     """``work`` on each strip of rows, on the module's threads (NumPy releases the GIL; a strip's
-    arrays stay in cache, where a whole frame's do not: 143 -> 76 ms per average at 1024²)."""
+    arrays stay in cache, where a whole frame's do not: 182 -> 128 ms per average of a 1024² film
+    on our 2-core CPU)."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -216,9 +217,10 @@ def lattice_average(denoised: np.ndarray, raw: np.ndarray, offsets: np.ndarray,
     With ``denoise`` (the network, as it made ``denoised`` from ``raw``: same units in and out)
     there is a second pass first: ``raw`` is averaged over the same translations, weighted by how
     alike ``denoised``'s copies are (:data:`RAW_MEDIAN_WEIGHT`), and denoised again; its change to
-    ``denoised`` is damped like the average's, and that output is then averaged as above. The network then sees a frame with a fraction of the noise, and the
-    columns it had shrunk at a few counts come back (atom F1 at 0.1 counts/px rises instead of
-    falling: ``bench/results/lattice-average-cpu.md``). It costs one more network call.
+    ``denoised`` is damped like the average's, and that output is then averaged as above. The
+    network then sees a frame with a fraction of the noise, and the columns it had shrunk at a few
+    counts come back (abTEM atom F1 at 0.1 counts/px rises instead of falling: ``models/README.md``).
+    It costs one more network call.
     """
     o = _checked_frame(denoised, "denoised")
     x = _checked_frame(raw, "raw")
