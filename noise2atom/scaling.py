@@ -27,7 +27,8 @@ __all__ = ["SCALING_PERCENTILES", "MODEL_MAX_PITCH_PX", "MODEL_PITCH_PX", "MIN_P
            "MIN_RESAMPLED_SIDE", "ZOOM_RANGE",
            "estimate_scaling", "estimate_pitch", "resample_pitches", "width_unknown_target", "resample_factor",
            "pitch_resample_factor",
-           "LOW_COUNTS_SPAN", "applied_zoom", "series_zoom", "zoom_up_order", "denoise_resampled"]
+           "LOW_COUNTS_SPAN", "applied_zoom", "series_zoom", "zoom_up_order", "denoise_resampled",
+           "denoise_at_series_zoom"]
 
 #: The percentiles mapped to -1 and +1 (the same at training and at inference).
 SCALING_PERCENTILES: tuple[float, float] = (0.1, 99.9)
@@ -227,6 +228,19 @@ def zoom_up_order(frames: np.ndarray) -> int:
     a = np.asarray(frames, dtype=np.float32)
     span = counts_span(a[0] if a.ndim == 3 else a, Normalisation(lo=-1.0, hi=1.0))
     return 3 if span is not None and span >= LOW_COUNTS_SPAN else 1
+
+
+def denoise_at_series_zoom(frame: np.ndarray, pitches: tuple[float, float] | None,
+                           denoise: Callable[[np.ndarray], np.ndarray], *, up_order: int = 3) -> np.ndarray:
+    """``denoise(frame)`` at the zoom :func:`series_zoom` chose for the series: ``pitches`` its
+    (pitch, target pitch) for :func:`denoise_resampled`, or None to denoise the frame as it is.
+
+    >>> float(denoise_at_series_zoom(np.ones((4, 4), np.float32), None, lambda a: -a)[0, 0])
+    -1.0
+    """
+    if pitches is None:
+        return denoise(frame)
+    return denoise_resampled(frame, pitches[1], pitches[0], denoise, up_order=up_order)
 
 
 def denoise_resampled(frame: np.ndarray, target_pitch_px: float, pitch_px: float | None,

@@ -191,10 +191,7 @@ class Denoiser(Worker):
 
     def _denoise(self, x: np.ndarray, infer: Any) -> np.ndarray:
         """One frame in model units through ``infer``, zoomed by the series' zoom and back."""
-        if self.pitches is None:
-            return infer(x)
-        return self._scaling_lib.denoise_resampled(x, self.pitches[1], self.pitches[0], infer,
-                                                   up_order=self.up_order)
+        return self._scaling_lib.denoise_at_series_zoom(x, self.pitches, infer, up_order=self.up_order)
 
     def _lattice_averaged(self, item: InFrame, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, int | None]:
         """``y`` averaged over the series' lattice translations (found in its first output), with

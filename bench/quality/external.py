@@ -132,7 +132,7 @@ class ModelDenoiser:
         ``n2a-denoise --lattice-average`` (translations found in the first frame's output)."""
         from noise2atom.ensemble import self_ensemble
         from noise2atom.lattice_average import lattice_average, lattice_offsets
-        from noise2atom.scaling import denoise_resampled, series_zoom, zoom_up_order
+        from noise2atom.scaling import denoise_at_series_zoom, series_zoom, zoom_up_order
 
         scaling = estimate_scaling(frames)
         engine = self._engine
@@ -143,8 +143,7 @@ class ModelDenoiser:
             return self_ensemble(engine.infer, x[None])[0] if ensemble else engine.infer(x[None])[0]
 
         def denoise(x: np.ndarray) -> np.ndarray:  # model units in and out, zoomed like the series
-            return infer(x) if pitches is None else denoise_resampled(x, pitches[1], pitches[0], infer,
-                                                                      up_order=up_order)
+            return denoise_at_series_zoom(x, pitches, infer, up_order=up_order)
 
         offsets = lattice_offsets(denoise(scaling.to_model(np.asarray(frames[0])))) if lattice else None
 

@@ -140,7 +140,7 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
     first one); returns the output, each frame's guard flags and the translations (None: not asked)."""
     from noise2atom.ensemble import self_ensemble
     from noise2atom.lattice_average import lattice_average, lattice_offsets
-    from noise2atom.scaling import denoise_resampled, zoom_up_order
+    from noise2atom.scaling import denoise_at_series_zoom, zoom_up_order
 
     def infer(x: np.ndarray) -> np.ndarray:
         return self_ensemble(engine.infer, x) if ensemble else engine.infer(x)
@@ -150,10 +150,9 @@ def _denoise_file(engine, stack, norm, batch: int, units: str, progress, guard,
     out = np.empty(frames.shape, np.float32)
     flags: list[list[str]] = []
     offsets = None
+
     def one(x: np.ndarray) -> np.ndarray:  # one frame in model units, zoomed like the file
-        if pitches is None:
-            return infer(x[None])[0]
-        return denoise_resampled(x, pitches[1], pitches[0], lambda a: infer(a[None])[0], up_order=up_order)
+        return denoise_at_series_zoom(x, pitches, lambda a: infer(a[None])[0], up_order=up_order)
 
     for start in range(0, len(frames), batch):
         chunk = np.ascontiguousarray(norm.to_model(frames[start:start + batch]), dtype=np.float32)
