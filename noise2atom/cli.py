@@ -67,9 +67,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="save a running average of the weights (decay per iteration, e.g. 0.999) as the model "
                         "instead of the last weights (0: off)")
-    p.add_argument("--ssim-weight", type=float, default=0.0, metavar="W",
-                   help="supervised: add W x (1 - SSIM to the truth) to the squared error (the bundled "
-                        "model's recipe; 0: squared error alone)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out model (without it, an existing one is an error)")
     p.add_argument("--preview-every", type=int, default=0, metavar="N",
@@ -208,9 +205,6 @@ def _check_args(args: argparse.Namespace, patch: int) -> None:
         raise UsageError(f"--init {args.init}: no such checkpoint file")
     if not 0 <= args.ema < 1:
         raise UsageError(f"--ema must be in [0, 1) (got {args.ema:g})")
-    if args.ssim_weight < 0 or (args.ssim_weight and args.method != "supervised"):
-        raise UsageError(f"--ssim-weight must be >= 0 and needs --method supervised (a truth) "
-                         f"(got {args.ssim_weight:g} with --method {args.method})")
 
 
 def _torch_device(args: argparse.Namespace) -> str:
@@ -292,7 +286,7 @@ def _trainer(args: argparse.Namespace, data, prior, *, device: str, patch: int, 
             method=args.method, size=args.model, iterations=args.iterations, minutes=args.minutes,
             patch=patch, batch=batch, seed=args.seed, device=device, lr=args.lr,
             critic_steps=args.critic_steps, gp_weight=args.gp_weight,
-            fidelity_weight=args.fidelity_weight, ssim_weight=args.ssim_weight, bs_loss=args.bs_loss, bs_spacing=args.bs_spacing,
+            fidelity_weight=args.fidelity_weight, bs_loss=args.bs_loss, bs_spacing=args.bs_spacing,
             bs_half_width=args.bs_half_width, preview_every=args.preview_every,
             checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             init=None if args.init is None else str(args.init), ema=args.ema)

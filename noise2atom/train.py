@@ -34,7 +34,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from noise2atom.blindspot import blindspot_loss, make_blindspot_batch
-from noise2atom.losses import patch_ssim_loss
 from noise2atom.checkpoint import (
     CheckpointError,
     ModelConfig,
@@ -272,14 +271,9 @@ class Trainer:
         o = self.options
         x, t = self.data.sample_pairs(o.batch, o.patch, self.rng, flips=True)
         x, t = torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device)
-        y = self.G(x.clamp(-1, 1))
-        mse = (y - t).pow(2).mean()
-        if not o.ssim_weight:
-            self._descend(mse, self.opt_G)
-            return {"mse": mse.item()}
-        ssim_term = patch_ssim_loss(y, t)
-        self._descend(mse + o.ssim_weight * ssim_term, self.opt_G)
-        return {"mse": mse.item(), "1-ssim": ssim_term.item()}
+        loss = (self.G(x.clamp(-1, 1)) - t).pow(2).mean()
+        self._descend(loss, self.opt_G)
+        return {"mse": loss.item()}
 
     def _blindspot_step(self) -> dict[str, float]:
         loss = self._blindspot_term(self._noisy_batch(gan=False))

@@ -41,8 +41,6 @@ class TrainOptions(BaseModel):
     critic_steps: int = Field(default=5, ge=1)
     gp_weight: float = Field(default=10.0, ge=0)
     fidelity_weight: float = Field(default=1.0, ge=0, description="hybrid: weight of the blind-spot term")
-    ssim_weight: float = Field(default=0.0, ge=0, description="supervised: weight of 1 - SSIM to the "
-                               "truth (noise2atom.losses.patch_ssim_loss) added to the squared error")
     bs_loss: Literal["auto", "poisson", "mse"] = "auto"
     bs_spacing: int = Field(default=8, ge=2)
     bs_half_width: int = Field(default=2, ge=0)

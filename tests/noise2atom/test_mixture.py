@@ -85,12 +85,10 @@ def test_mixture_data_pairs_and_refresh():
 def test_supervised_mixture_training_writes_a_checkpoint(capsys, tmp_path):
     out = tmp_path / "mix.safetensors"
     rc = main(["--mixture", "--method", "supervised", "--mixture-series", "4", "--sim-size", "64",
-               "--patch", "32", "--batch", "2", "--iterations", "3", "--quiet", "--out", str(out),
-               "--ssim-weight", "0.1"])
+               "--patch", "32", "--batch", "2", "--iterations", "3", "--quiet", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     ckpt = load_checkpoint(out)
     assert ckpt.config.method == "supervised" and ckpt.config.iteration == 3
-    assert ckpt.config.train.ssim_weight == 0.1
     assert ckpt.config.data.meta["simulator"] == "noise2atom.mixture"
 
 
