@@ -43,12 +43,13 @@ MIN_CORRELATION = 0.3  # autocorrelation (1 at no shift) a translation must reac
 MIN_SHIFT_PX = 3.0  # below this, a peak is the column's own width, not a repeat
 MAX_SHIFT_FRACTION = 0.4  # of the shorter side: further out, too little of the frame overlaps
 BOX_PX = 5  # neighbourhood compared between a pixel and its copy
-MEDIAN_WEIGHT = 2.0  # a copy as unlike as the median copy gets weight exp(-1/2)
+MEDIAN_WEIGHT = 3.0  # a copy as unlike as the median copy gets weight exp(-1/3); at 4 a test's empty column refills past 0.15
 NOISE_WINDOW_PX = 15  # the noise that bounds each pixel's change is read over this square
-GATE = 1.5  # a change of 1.5 local noise sigmas is damped by exp(-1); a missing column's is far larger
+GATE = 2.0  # a change of 2 local noise sigmas is damped by exp(-1); a missing column's is far larger
 RAW_MEDIAN_WEIGHT = 0.75  # the second pass's raw average: tighter than MEDIAN_WEIGHT, raw copies are unbiased
 # Chosen on held-out abTEM CeO2 and GaN with a cap written first: at most +3 % MSE on the
-# non-periodic pixels of n2a's mixture (bench/results/lattice-average-cpu.md).
+# non-periodic pixels of n2a's mixture (bench/results/lattice-average-cpu.md), and an empty column
+# left below 0.15 of a full one (tests/noise2atom/test_lattice_average.py; models/README.md).
 STRIP_ROWS = 256  # the averages run on strips of this many rows, on up to 4 threads
 
 
