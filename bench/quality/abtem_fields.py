@@ -5,9 +5,12 @@ drift, crops them and draws Poisson noise per frame. Each field is saved float32
 simulation parameters and the projected atom-column positions (pixels, row/col) beside it, in
 ``bench/data/abtem_<name>.npz``:
 
-    nice -n 10 python -m bench.quality.abtem_fields srtio3     # minutes on one shared core
-    nice -n 10 python -m bench.quality.abtem_fields au_on_c    # minutes on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields srtio3     # ~17 min on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields au_on_c    # ~17 min on one shared core
     nice -n 10 python -m bench.quality.abtem_fields ceo2 gan   # held out: used to choose the model
+
+Each field is the mean of ``--configs`` frozen-phonon configurations (8; the fields before
+2026-12-02 were single snapshots, ``--configs 1``).
 
 The cell is periodic (a whole number of unit cells for the crystal; a periodic box of amorphous
 carbon for the particle), so the drift shift can wrap the field exactly.
@@ -33,6 +36,10 @@ POTENTIAL_SAMPLING_A = 0.08
 DETECTOR_MRAD = (60.0, 100.0)
 SCAN_SAMPLING_A = 0.3
 PRISM_INTERPOLATION = 2
+# A microscope records the thermal average (atoms vibrate far faster than a pixel's dwell), so the
+# clean field is the mean over frozen-phonon snapshots. One snapshot leaves each unit cell 4 % of the
+# range unlike the next, a "truth" no microscope records and no denoiser can recover from noise.
+FROZEN_PHONON_CONFIGS = 8
 
 
 def srtio3_slab():
@@ -115,7 +122,7 @@ def project_columns(atoms, symbols, origin_a: float, sampling_a: float, tol_a: f
     return ((cols - origin_a) / sampling_a).astype(np.float32)
 
 
-def simulate(name: str, threads: int = 1) -> Path:
+def simulate(name: str, threads: int = 1, configs: int = FROZEN_PHONON_CONFIGS, out_dir: Path = DATA) -> Path:
     import abtem
     import dask
 
@@ -123,7 +130,7 @@ def simulate(name: str, threads: int = 1) -> Path:
     abtem.config.set({"device": "cpu", "fft": "fftw"})
     atoms, symbols, description = SPECIMENS[name]()
     t0 = time.perf_counter()
-    phonons = abtem.FrozenPhonons(atoms, num_configs=1, sigmas=0.08, seed=1)
+    phonons = abtem.FrozenPhonons(atoms, num_configs=configs, sigmas=0.08, seed=1)
     potential = abtem.Potential(phonons, sampling=POTENTIAL_SAMPLING_A, slice_thickness=2.0,
                                 projection="infinite", parametrization="lobato")
     probe = abtem.SMatrix(semiangle_cutoff=SEMIANGLE_MRAD, energy=ENERGY_EV, potential=potential,
@@ -140,14 +147,14 @@ def simulate(name: str, threads: int = 1) -> Path:
         "specimen": description, "abtem": abtem.__version__, "energy_eV": ENERGY_EV,
         "semiangle_mrad": SEMIANGLE_MRAD, "detector_mrad": list(DETECTOR_MRAD),
         "potential_sampling_A": POTENTIAL_SAMPLING_A, "scan_sampling_A": list(map(float, scan.sampling)),
-        "prism_interpolation": PRISM_INTERPOLATION, "frozen_phonon_configs": 1,
+        "prism_interpolation": PRISM_INTERPOLATION, "frozen_phonon_configs": configs,
         "frozen_phonon_sigma_A": 0.08, "slice_thickness_A": 2.0, "parametrization": "lobato",
         "extent_A": [float(e) for e in extent], "shape": list(image.shape),
         "column_symbols": list(symbols), "array_order": "[x, y] (abTEM scan order): row = x",
         "seconds": round(seconds, 1), "threads": threads,
     }
-    DATA.mkdir(parents=True, exist_ok=True)
-    out = DATA / f"abtem_{name}.npz"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"abtem_{name}.npz"
     np.savez_compressed(out, field=image, columns=columns, params=json.dumps(params))
     print(f"{name}: {image.shape} in {seconds:.0f} s -> {out} ({out.stat().st_size / 1e3:.0f} kB)")
     return out
@@ -157,9 +164,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.quality.abtem_fields", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="+", choices=sorted(SPECIMENS))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--configs", type=int, default=FROZEN_PHONON_CONFIGS,
+                    help="frozen-phonon configurations averaged (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=DATA, help="folder for abtem_<name>.npz (default bench/data)")
     args = ap.parse_args(argv)
     for name in args.names:
-        simulate(name, args.threads)
+        simulate(name, args.threads, args.configs, args.out)
     return 0
 
 

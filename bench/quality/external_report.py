@@ -117,6 +117,13 @@ def _abtem_fields() -> dict:
     return abtem_fields()
 
 
+def _configs_text(n: int) -> str:
+    """A single configuration is one thermal snapshot, not the image a microscope records."""
+    if n == 1:
+        return "1 frozen-phonon configuration (a thermal snapshot: each cell differs a little)"
+    return f"the mean of {n} frozen-phonon configurations (the thermal average a microscope records)"
+
+
 def _field_note(table: str, fields: dict) -> str:
     """Simulation parameters and the brightest column's counts per unit of mean dose."""
     d = fields.get(table.removeprefix("abTEM "))
@@ -125,10 +132,10 @@ def _field_note(table: str, fields: dict) -> str:
     p, f = d["params"], d["field"]
     return (f". abTEM {p['abtem']}, {p['energy_eV'] / 1e3:g} kV, {p['semiangle_mrad']:g} mrad probe, HAADF "
             f"{p['detector_mrad'][0]:g}–{p['detector_mrad'][1]:g} mrad, PRISM interpolation "
-            f"{p['prism_interpolation']}, {p['frozen_phonon_configs']} frozen-phonon configuration, potential "
+            f"{p['prism_interpolation']}, {_configs_text(p['frozen_phonon_configs'])}, potential "
             f"grid {p['potential_sampling_A']:g} Å, {p['scan_sampling_A'][0]:.3f} Å/px, field "
             f"{f.shape[0]}×{f.shape[1]} (`bench/data/`, {p['seconds'] / 60:.0f} min wall clock, "
-            "one thread on the shared machine). "
+            f"{p['threads']} thread{'s' if p['threads'] > 1 else ''} on the shared machine). "
             f"The brightest pixel gets {f.max() / f.mean():.0f}× the mean dose: at 0.1 counts/px mean, about "
             f"{0.1 * f.max() / f.mean():.1f} counts at the brightest column's peak.")
 
