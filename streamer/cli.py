@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                           "lattice's own translations, then average that output over them, changing "
                           "pixels by about the noise at most (closer to the truth on perfect "
                           "crystals at low dose, some cost to vacancies and edges at high dose; "
-                          "1024² streams at about 2 fps with it on our 2-core CPU, 9-11 without; the "
+                          "1024² streams at 1.5-2.3 fps with it on our 2-core CPU, 8-11 without; the "
                           "count is in each output header as 'lattice_average')")
     eng.add_argument("--max-engine-failures", type=_positive_int, default=50,
                      help="stop when the engine fails on this many frames in a row (50); a "
