@@ -168,6 +168,10 @@ def main(argv=None) -> int:
                     help="frozen-phonon configurations averaged (default %(default)s)")
     ap.add_argument("--out", type=Path, default=DATA, help="folder for abtem_<name>.npz (default bench/data)")
     args = ap.parse_args(argv)
+    if args.configs < 1:
+        ap.error(f"--configs must be at least 1 (got {args.configs})")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out must be a folder (got the file {args.out})")
     for name in args.names:
         simulate(name, args.threads, args.configs, args.out)
     return 0

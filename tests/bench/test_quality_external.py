@@ -83,6 +83,21 @@ def test_abtem_crystal_fields_are_thermal_averages_that_repeat_cell_to_cell(name
         assert unlike / np.ptp(f) < 0.03, (name, (dy, dx), unlike / np.ptp(f))
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["ceo2", "--configs", "0"], "--configs must be at least 1 (got 0)"),
+    (["ceo2", "--out", "FILE"], "--out must be a folder (got the file"),
+])
+def test_the_field_simulator_refuses_bad_options_before_simulating(argv, says, tmp_path, capsys):
+    from bench.quality.abtem_fields import main
+
+    a_file = tmp_path / "not_a_folder.npz"
+    a_file.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        main([str(a_file) if a == "FILE" else a for a in argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not list(tmp_path.glob("abtem_*.npz"))
+
+
 def test_drift_series_has_the_requested_mean_dose():
     f = np.ones((40, 40), np.float32)
     s = drift_series(f, dose=2.0, n_frames=4, crop=32, seed=0, periodic=True)
