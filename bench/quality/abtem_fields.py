@@ -5,9 +5,9 @@ drift, crops them and draws Poisson noise per frame. Each field is saved float32
 simulation parameters and the projected atom-column positions (pixels, row/col) beside it, in
 ``bench/data/abtem_<name>.npz``:
 
-    nice -n 10 python -m bench.quality.abtem_fields srtio3     # ~17 min on one shared core
-    nice -n 10 python -m bench.quality.abtem_fields au_on_c    # ~17 min on one shared core
-    nice -n 10 python -m bench.quality.abtem_fields ceo2 gan   # held out: used to choose the model
+    nice -n 10 python -m bench.quality.abtem_fields srtio3     # ~18 min on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields au_on_c    # ~5 min on one shared core
+    nice -n 10 python -m bench.quality.abtem_fields ceo2 gan   # ~35 min; held out: used to choose the model
 
 Each field is the mean of ``--configs`` frozen-phonon configurations (8; the fields before
 2026-12-02 were single snapshots, ``--configs 1``).

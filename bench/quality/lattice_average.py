@@ -56,6 +56,12 @@ def _non_periodic(truth: np.ndarray, mean: np.ndarray | None = None) -> np.ndarr
     return mask
 
 
+def _vacancy_pixels(truth: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Non-periodic pixels where the truth lies below its copies' mean: vacancies, holes, the gaps
+    beside an edge. What an output puts back there is intensity the specimen does not have."""
+    return _non_periodic(truth, mean) & (mean > truth)
+
+
 def quality_rows(n_series: int) -> tuple[list[dict], int]:
     import engines
     from noise2atom.checkpoint import default_model_path
@@ -75,8 +81,7 @@ def quality_rows(n_series: int) -> tuple[list[dict], int]:
             z1 = lattice_average(y, x, offsets)  # without the second pass
             mean = _copies_mean(t)
             m = _non_periodic(t, mean)
-            # vacancy-like: the truth below its copies; how much of that missing intensity comes back
-            gap = m & (mean > t)
+            gap = _vacancy_pixels(t, mean)  # how much of the missing intensity comes back
             rows.append({"peak": s.settings.peak_counts, "mse": float(np.mean((y - t) ** 2)),
                          "mse_avg": float(np.mean((z - t) ** 2)), "mse_one": float(np.mean((z1 - t) ** 2)),
                          "np_sq": float(np.sum((y - t)[m] ** 2)), "np_sq_avg": float(np.sum((z - t)[m] ** 2)),
